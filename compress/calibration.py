@@ -1,0 +1,67 @@
+"""Calibration texts for the methods that need them: the project's synthetic tasks (offline), a
+Hugging Face dataset (online), or a local JSONL/text file."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+
+def synthetic_texts(n: int, seed: int) -> list[str]:
+    """Prompts with worked answers from the training split: never the evaluation items."""
+    from evaluate.prompts import PromptConfig, render_prompt
+    from evaluate.tasks import TASKS, load_builtin_tasks
+    from evaluate.tasks.synthetic import TRAINING_TASKS
+
+    load_builtin_tasks()
+    per_task = -(-n // len(TRAINING_TASKS))
+    texts = []
+    for name in TRAINING_TASKS:
+        task = TASKS[name]
+        for item in task.load(n=per_task, seed=seed + 7919, split="train"):
+            texts.append(render_prompt(task, item, PromptConfig()) + " " + (item.target or item.gold))
+    random.Random(seed).shuffle(texts)
+    return texts[:n]
+
+
+def file_texts(path: Path, n: int, seed: int) -> list[str]:
+    if path.suffix == ".jsonl":
+        texts = []
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                texts.append(r.get("text") or (r.get("prompt", "") + r.get("completion", "")))
+    else:
+        texts = [t.strip() for t in path.read_text().split("\n\n") if t.strip()]
+    if not texts:
+        raise ValueError(f"calibration file {path} holds no text")
+    random.Random(seed).shuffle(texts)
+    return texts[:n]
+
+
+def hf_texts(spec: str, n: int, seed: int) -> list[str]:
+    """'hf:<dataset>[:<split>[:<field>]]', e.g. 'hf:openai/gsm8k:train:question' (needs network)."""
+    from datasets import load_dataset
+
+    parts = spec.removeprefix("hf:").split(":")
+    name, split = parts[0], parts[1] if len(parts) > 1 else "train"
+    field = parts[2] if len(parts) > 2 else "text"
+    ds = load_dataset(name, split=split).shuffle(seed=seed).select(range(n))
+    return [str(r[field]) for r in ds]
+
+
+def calibration_provider(source: str, seed: int) -> Callable[[int, int], list[str]]:
+    def provide(n_samples: int, seq_len: int) -> list[str]:
+        if source == "synthetic":
+            return synthetic_texts(n_samples, seed)
+        if source.startswith("hf:"):
+            return hf_texts(source, n_samples, seed)
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"calibration.source {source!r}: no such file; use 'synthetic', "
+                                    "'hf:<dataset>[:split[:field]]' or a .jsonl/.txt path")
+        return file_texts(path, n_samples, seed)
+
+    return provide

@@ -1,0 +1,1 @@
+"""One module per compression method; each registers a MethodSpec on import."""

@@ -1,0 +1,242 @@
+"""The study runner: baseline once, then each variant built, saved, reloaded from disk, evaluated on
+the frozen prompts and profiled. Everything finished is in the ledger; reruns skip it."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compress.calibration import calibration_provider
+from compress.ledger import Ledger
+from compress.models import disk_bytes, load_model, load_tokenizer, resolve_model_source, save_model
+from compress.recipe import BASELINE, Recipe, TaskEntry
+from compress.registry import StepContext, load_builtin_methods
+from evaluate.generation import DecodingConfig
+from evaluate.harness import PromptSet, build_prompt_set, evaluate_cell, load_prompt_set, save_prompt_set
+from evaluate.memory import measure_footprint
+from evaluate.profiling import ProfileConfig, profile_in_subprocess
+from evaluate.prompts import PromptConfig
+
+log = logging.getLogger("slimlab")
+
+
+class SkipVariant(Exception):
+    """A variant that cannot run here (e.g. a CUDA-only kernel on a CPU machine): reported, not fatal."""
+
+
+@dataclass
+class Cell:
+    entry: TaskEntry
+    pset: PromptSet
+    decoding: DecodingConfig
+
+
+@dataclass
+class Study:
+    recipe: Recipe
+    out_dir: Path
+    computed: list[str] = field(default_factory=list)  # what this run actually (re)computed
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(self.out_dir / "results.sqlite")
+        self.source = resolve_model_source(self.recipe.model.name)
+        self.methods = load_builtin_methods()
+
+    # keys: a result is reused only while everything that produced it is unchanged -------------
+    def baseline_key(self) -> str:
+        m = self.recipe.model
+        return self.recipe.fingerprint(m.name, m.revision, m.dtype, m.device)
+
+    def variant_key(self, steps: list[dict]) -> str:
+        return self.recipe.fingerprint(self.baseline_key(), steps, self.recipe.calibration.model_dump(),
+                                       self.recipe.seed)
+
+    def cell_key(self, variant_key: str, cell: Cell) -> str:
+        return self.recipe.fingerprint(variant_key, cell.pset.digest, cell.decoding.__dict__, cell.entry.repeats)
+
+    # prompts --------------------------------------------------------------------------------
+    def prepare_cells(self, tokenizer: Any) -> list[Cell]:
+        cells = []
+        for entry in self.recipe.tasks:
+            seed = self.recipe.seed if entry.seed is None else entry.seed
+            prompt = PromptConfig(entry.prompt_style, entry.k_shot, entry.definition, entry.chat_template)
+            path = self.out_dir / "prompts" / f"{entry.cell}.jsonl"
+            meta_path = path.with_suffix(".json")
+            spec_key = self.recipe.fingerprint(entry.model_dump(), seed, self.recipe.model.name)
+            if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == spec_key:
+                pset = load_prompt_set(path, entry.cell, entry.name)
+            else:
+                pset = build_prompt_set(entry.cell, entry.name, entry.n, seed, prompt, tokenizer, entry.data_dir)
+                save_prompt_set(pset, path)
+                meta_path.write_text(json.dumps({"key": spec_key, "digest": pset.digest,
+                                                 "exemplars": pset.exemplar_ids}))
+            d = self.recipe.decoding
+            decoding = DecodingConfig(
+                max_new_tokens=entry.max_new_tokens or pset.task.max_new_tokens,
+                do_sample=d.do_sample, temperature=d.temperature, top_p=d.top_p, seed=seed,
+                batch_size=d.batch_size,
+            )
+            cells.append(Cell(entry, pset, decoding))
+        return cells
+
+    # evaluation -----------------------------------------------------------------------------
+    def evaluate_model(self, variant: str, model: Any, tokenizer: Any, key: str, cells: list[Cell]) -> None:
+        from evaluate.metrics import batch_scorer_for
+
+        for cell in cells:
+            ckey = self.cell_key(key, cell)
+            if self.ledger.cell(variant, cell.entry.cell, ckey) is not None:
+                continue
+            sample_dir = self.out_dir / "samples" / variant
+            partial = sample_dir / f"{cell.entry.cell}.partial.jsonl"
+            log.info("evaluating %s on %s (%d items)", variant, cell.entry.cell, len(cell.pset.items))
+            t0 = time.perf_counter()
+            result = evaluate_cell(model, tokenizer, cell.pset, cell.decoding, partial, cell.entry.repeats,
+                                   batch_scorer_for(cell.pset.task))
+            metrics = {**result.metrics, "eval_s": time.perf_counter() - t0, "metric": cell.pset.task.metric}
+            final = sample_dir / f"{cell.entry.cell}.jsonl"
+            final.write_text("".join(json.dumps(s) + "\n" for s in result.samples))
+            partial.unlink(missing_ok=True)
+            self.ledger.put_cell(variant, cell.entry.cell, cell.entry.name, ckey, metrics)
+            self.computed.append(f"{variant}/{cell.entry.cell}")
+
+    def cells_pending(self, variant: str, key: str, cells: list[Cell]) -> bool:
+        return any(self.ledger.cell(variant, c.entry.cell, self.cell_key(key, c)) is None for c in cells)
+
+    def profile(self, variant: str, location: str) -> None:
+        p = self.recipe.profile
+        row = self.ledger.variant(variant)
+        if not p.enabled or (row and row.get("profile")):
+            return
+        log.info("profiling %s", variant)
+        config = ProfileConfig(p.prompt_tokens, p.new_tokens, p.warmup, p.repeats, tuple(p.batch_sizes))
+        m = self.recipe.model
+        result = profile_in_subprocess(location, m.dtype, m.device, config, m.trust_remote_code)
+        self.ledger.upsert_variant(variant, row["key"], profile=result)
+        self.computed.append(f"{variant}/profile")
+
+    def run_baseline(self, tokenizer: Any, cells: list[Cell]) -> None:
+        key = self.baseline_key()
+        m = self.recipe.model
+        self.ledger.upsert_variant(BASELINE, key, position=0, steps=[], model_dir=self.source.location)
+        if self.cells_pending(BASELINE, key, cells):
+            model = load_model(self.source.location, m.dtype, m.device, m.trust_remote_code, m.revision)
+            self.ledger.upsert_variant(BASELINE, key, footprint=measure_footprint(model).as_dict(), status="ok")
+            self.evaluate_model(BASELINE, model, tokenizer, key, cells)
+            del model
+            gc.collect()
+        if self.source.is_local:
+            self.ledger.upsert_variant(BASELINE, key, disk_bytes=_weights_disk_bytes(Path(self.source.location)))
+        self.profile(BASELINE, self.source.location)
+
+    # variants -------------------------------------------------------------------------------
+    def build_variant(self, name: str, steps: list[dict], key: str, tokenizer: Any) -> Path:
+        vdir = self.out_dir / "variants" / name
+        model_dir = vdir / "model"
+        marker = vdir / "build.json"
+        if marker.exists() and json.loads(marker.read_text()).get("key") == key and model_dir.exists():
+            return model_dir
+        m = self.recipe.model
+        for step in steps:
+            if self.methods[step["method"]].needs_cuda and not m.device.startswith("cuda"):
+                raise SkipVariant(f"method {step['method']!r} needs a CUDA GPU; model.device is {m.device!r}")
+        shutil.rmtree(vdir, ignore_errors=True)
+        work = vdir / "work"
+        work.mkdir(parents=True)
+        log.info("building %s: %s", name, " -> ".join(s["method"] for s in steps))
+        model = load_model(self.source.location, m.dtype, m.device, m.trust_remote_code, m.revision)
+        ctx = StepContext(tokenizer=tokenizer, source_dir=Path(self.source.location), workdir=work,
+                          seed=self.recipe.seed, device=m.device, dtype=m.dtype,
+                          trust_remote_code=m.trust_remote_code,
+                          calibration=calibration_provider(self.recipe.calibration.source, self.recipe.seed),
+                          extras={"recipe": self.recipe})
+        timings = []
+        for i, step in enumerate(steps):
+            spec = self.methods[step["method"]]
+            params = spec.params.model_validate({k: v for k, v in step.items() if k != "method"})
+            ctx.extras["pristine"] = i == 0
+            t0 = time.perf_counter()
+            model = spec.apply(model, params, ctx)
+            timings.append({"method": spec.name, "seconds": time.perf_counter() - t0})
+            if i < len(steps) - 1 and any(v.name == name and v.eval_stages for v in self.recipe.variants):
+                self.on_stage(name, key, i, spec.name, model, tokenizer)
+        save_model(model, tokenizer, model_dir)
+        shutil.rmtree(work, ignore_errors=True)
+        del model
+        gc.collect()
+        marker.write_text(json.dumps({"key": key, "steps": steps, "timings": timings}))
+        self.computed.append(f"{name}/build")
+        return model_dir
+
+    def on_stage(self, variant: str, key: str, stage: int, method: str, model: Any, tokenizer: Any) -> None:
+        """Evaluate an intermediate model of a chain so each step's cost shows in the report."""
+        footprint = measure_footprint(model).as_dict()
+        for cell in self._cells:
+            skey = self.cell_key(key, cell)
+            if self.ledger.stage(variant, stage, cell.entry.cell, skey) is not None:
+                continue
+            partial = self.out_dir / "samples" / variant / f"stage{stage}-{cell.entry.cell}.partial.jsonl"
+            result = evaluate_cell(model, tokenizer, cell.pset, cell.decoding, partial, cell.entry.repeats)
+            self.ledger.put_stage(variant, stage, method, cell.entry.cell, skey, result.metrics, footprint)
+            self.computed.append(f"{variant}/stage{stage}/{cell.entry.cell}")
+
+    def run_variant(self, position: int, name: str, steps: list[dict], tokenizer: Any, cells: list[Cell]) -> None:
+        key = self.variant_key(steps)
+        self.ledger.upsert_variant(name, key, position=position, steps=steps)
+        row = self.ledger.variant(name)
+        if row.get("status") == "skipped":
+            return
+        m = self.recipe.model
+        try:
+            model_dir = self.build_variant(name, steps, key, tokenizer)
+            marker = json.loads((model_dir.parent / "build.json").read_text())
+            self.ledger.upsert_variant(name, key, model_dir=str(model_dir), build=marker,
+                                       disk_bytes=_weights_disk_bytes(model_dir))
+            if self.cells_pending(name, key, cells):
+                model = load_model(str(model_dir), m.dtype, m.device, m.trust_remote_code)
+                self.ledger.upsert_variant(name, key, footprint=measure_footprint(model).as_dict())
+                self.evaluate_model(name, model, tokenizer, key, cells)
+                del model
+                gc.collect()
+            self.profile(name, str(model_dir))
+            self.ledger.upsert_variant(name, key, status="ok", reason=None)
+        except SkipVariant as exc:
+            log.warning("skipping %s: %s", name, exc)
+            self.ledger.upsert_variant(name, key, status="skipped", reason=str(exc))
+        except Exception as exc:  # one broken variant must not sink the study
+            log.error("variant %s failed: %s", name, exc)
+            self.ledger.upsert_variant(name, key, status="failed",
+                                       reason=f"{type(exc).__name__}: {exc}"[:2000],
+                                       build={"traceback": traceback.format_exc()[-4000:]})
+
+    def run(self) -> Path:
+        from evaluate.report import write_outputs
+
+        run_id = self.ledger.start_run(self.recipe.model_dump())
+        tokenizer = load_tokenizer(self.source.location, self.recipe.model.trust_remote_code, self.recipe.model.revision)
+        cells = self.prepare_cells(tokenizer)
+        self._cells = cells
+        self.run_baseline(tokenizer, cells)
+        for position, variant in enumerate(self.recipe.variants, start=1):
+            self.run_variant(position, variant.name, variant.steps, tokenizer, cells)
+        self.ledger.finish_run(run_id, self.computed)
+        return write_outputs(self.ledger, self.out_dir, self.recipe)
+
+
+def _weights_disk_bytes(model_dir: Path) -> int:
+    """Bytes of the weight files (what a deployment ships), tokenizer and configs excluded."""
+    weights = [p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".pt")]
+    return sum(p.stat().st_size for p in weights) if weights else disk_bytes(model_dir)
+
+
+def run_study(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
+    return Study(recipe, Path(out_dir or recipe.output)).run()

@@ -1,0 +1,1 @@
+"""slimlab evaluation: tasks, prompts, generation, answer parsing, scoring, profiling and reports."""

@@ -1,0 +1,146 @@
+"""Evaluate one model on one task cell: frozen prompts in, per-sample records and metrics out.
+
+Prompts are rendered once per study and stored, so the baseline and every variant see the same
+bytes; finished batches are appended to a partial file so an interrupted cell resumes where it
+stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluate.generation import DecodingConfig, generate
+from evaluate.prompts import PromptConfig, apply_chat_template, pick_exemplars, render_prompt
+from evaluate.scoring import score_output
+from evaluate.tasks import TASKS, Item, TaskSpec, load_builtin_tasks
+
+
+@dataclass
+class PromptSet:
+    cell: str
+    task: TaskSpec
+    items: list[Item]
+    prompts: list[str]
+    exemplar_ids: list[str] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256("\x00".join(self.prompts).encode()).hexdigest()[:16]
+
+
+def build_prompt_set(
+    cell: str,
+    task_name: str,
+    n: int,
+    seed: int,
+    prompt: PromptConfig,
+    tokenizer: Any = None,
+    data_dir: str | None = None,
+) -> PromptSet:
+    load_builtin_tasks()
+    task = TASKS[task_name]
+    items = task.load(n=n, seed=seed, split="test", data_dir=data_dir)
+    exemplars: list[Item] = []
+    if prompt.k_shot:
+        pool = task.load(n=max(4 * prompt.k_shot, 16), seed=seed + 1, split="train", data_dir=data_dir)
+        exemplars = pick_exemplars(pool, prompt.k_shot, seed, {it.id for it in items})
+    prompts = [render_prompt(task, it, prompt, exemplars) for it in items]
+    if prompt.chat_template:
+        prompts = [apply_chat_template(tokenizer, p) for p in prompts]
+    return PromptSet(cell, task, items, prompts, [e.id for e in exemplars])
+
+
+def save_prompt_set(pset: PromptSet, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for item, prompt in zip(pset.items, pset.prompts, strict=True):
+            record = {"id": item.id, "prompt": prompt, "question": item.question, "gold": item.gold,
+                      "target": item.target, "choices": list(item.choices), "meta": item.meta}
+            f.write(json.dumps(record) + "\n")
+    tmp.replace(path)
+
+
+def load_prompt_set(path: Path, cell: str, task_name: str) -> PromptSet:
+    load_builtin_tasks()
+    items, prompts = [], []
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        items.append(Item(r["id"], r["question"], r["gold"], r["target"], tuple(r["choices"]), r["meta"]))
+        prompts.append(r["prompt"])
+    return PromptSet(cell, TASKS[task_name], items, prompts)
+
+
+@dataclass
+class CellResult:
+    metrics: dict[str, float]
+    samples: list[dict]
+
+
+def _read_partial(path: Path) -> dict[tuple[str, int], dict]:
+    done: dict[tuple[str, int], dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line from a killed run
+                continue
+            done[(r["id"], r["repeat"])] = r
+    return done
+
+
+def summarize(samples: list[dict], repeats: int) -> dict[str, float]:
+    """Accuracy and instruction-following in percent; with repeats, the mean and spread over them."""
+    per_repeat = []
+    for r in range(repeats):
+        rows = [s for s in samples if s["repeat"] == r]
+        per_repeat.append(100.0 * sum(s["score"] for s in rows) / max(len(rows), 1))
+    metrics = {
+        "accuracy": statistics.fmean(per_repeat),
+        "instruction_following": 100.0 * sum(s["followed"] for s in samples) / max(len(samples), 1),
+        "n": float(len(samples) // repeats),
+    }
+    if repeats > 1:
+        metrics["accuracy_std"] = statistics.stdev(per_repeat)
+    return metrics
+
+
+def evaluate_cell(
+    model: Any,
+    tokenizer: Any,
+    pset: PromptSet,
+    decoding: DecodingConfig,
+    partial_path: Path,
+    repeats: int = 1,
+    batch_scorer: Callable[[list[str], list[Item]], list[float]] | None = None,
+) -> CellResult:
+    partial_path.parent.mkdir(parents=True, exist_ok=True)
+    done = _read_partial(partial_path)
+    for repeat in range(repeats):
+        todo = [i for i, it in enumerate(pset.items) if (it.id, repeat) not in done]
+        if not todo:
+            continue
+        dec = DecodingConfig(**{**decoding.__dict__, "seed": decoding.seed + 1000 * repeat})
+
+        def persist(idx: list[int], texts: list[str], todo: list[int] = todo, repeat: int = repeat) -> None:
+            with partial_path.open("a") as f:
+                for j, text in zip(idx, texts, strict=True):
+                    item = pset.items[todo[j]]
+                    s = score_output(pset.task, item, text)
+                    record = {"id": item.id, "repeat": repeat, "prompt": pset.prompts[todo[j]], "output": text,
+                              "gold": item.gold, **s.as_dict(), "meta": item.meta}
+                    done[(item.id, repeat)] = record
+                    f.write(json.dumps(record) + "\n")
+
+        generate(model, tokenizer, [pset.prompts[i] for i in todo], dec, on_batch=persist)
+    samples = [done[(it.id, r)] for r in range(repeats) for it in pset.items]
+    if batch_scorer is not None:
+        scores = batch_scorer([s["output"] for s in samples], [it for _ in range(repeats) for it in pset.items])
+        for s, value in zip(samples, scores, strict=True):
+            s["score"] = value
+    return CellResult(summarize(samples, repeats), samples)

@@ -1,0 +1,46 @@
+"""The contract every task honours, and the registry that makes adding one a single file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+AnswerType = Literal["number", "list", "letter", "text"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One evaluation instance, identical for the baseline and every variant."""
+
+    id: str
+    question: str  # the instance input as shown to the model (choices included for MC)
+    gold: str  # canonical gold answer: "14", "-3, 5, 7", "B", or a reference text
+    target: str = ""  # a full reference completion (worked solution); exemplars and training use it
+    choices: tuple[str, ...] = ()  # option texts for multiple choice, labelled A, B, C, ...
+    meta: dict[str, Any] = field(default_factory=dict)  # perturbation, categories, domains, ...
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: how to get items, and how to judge an answer."""
+
+    name: str
+    description: str
+    answer_type: AnswerType
+    load: Callable[..., list[Item]]  # load(n=, seed=, split=, data_dir=) -> items
+    definition: str = ""  # the instruction shown when a prompt style asks for one
+    max_new_tokens: int = 64
+    family: str = ""  # groups tasks in reports (sorting, math, multiple_choice, sni, ...)
+    metric: str = "accuracy"
+    offline: bool = True  # True when items can be produced with no network and no data_dir
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    if spec.name in TASKS:
+        raise ValueError(f"task {spec.name!r} is registered twice")
+    TASKS[spec.name] = spec
+    return spec

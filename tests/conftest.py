@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny transformers models built on the spot (no hub access)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def config_only_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding just a Llama config (hidden 192, intermediate 384): enough for validation."""
+    from transformers import LlamaConfig
+
+    path = tmp_path_factory.mktemp("config-only")
+    LlamaConfig(vocab_size=64, hidden_size=192, intermediate_size=384, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2).save_pretrained(path)
+    return path
+
+
+def write_recipe(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
