@@ -11,19 +11,24 @@ from pathlib import Path
 
 def synthetic_texts(n: int, seed: int) -> list[str]:
     """Prompts with worked answers from the training split: never the evaluation items."""
+    return [prompt + answer for prompt, answer in synthetic_pairs(n, seed)]
+
+
+def synthetic_pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    """(prompt, " " + worked answer) from the training split, for training on the answer only."""
     from evaluate.prompts import PromptConfig, render_prompt
     from evaluate.tasks import TASKS, load_builtin_tasks
     from evaluate.tasks.synthetic import TRAINING_TASKS
 
     load_builtin_tasks()
     per_task = -(-n // len(TRAINING_TASKS))
-    texts = []
+    pairs = []
     for name in TRAINING_TASKS:
         task = TASKS[name]
         for item in task.load(n=per_task, seed=seed + 7919, split="train"):
-            texts.append(render_prompt(task, item, PromptConfig()) + " " + (item.target or item.gold))
-    random.Random(seed).shuffle(texts)
-    return texts[:n]
+            pairs.append((render_prompt(task, item, PromptConfig()), " " + (item.target or item.gold)))
+    random.Random(seed).shuffle(pairs)
+    return pairs[:n]
 
 
 def file_texts(path: Path, n: int, seed: int) -> list[str]:

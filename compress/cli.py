@@ -49,6 +49,40 @@ def run(recipe: str, out: str | None, verbose: bool) -> None:
     click.echo(f"results: {results}\nreport:  {results.parent / 'report.md'}")
 
 
+@main.command("eval")
+@click.argument("model")
+@click.option("--task", "tasks_", multiple=True, required=True, help="task name (repeatable)")
+@click.option("--n", default=50, show_default=True, help="items per task")
+@click.option("--prompt-style", type=click.Choice(["direct", "cot"]), default="direct", show_default=True)
+@click.option("--k-shot", default=0, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--max-new-tokens", type=int, default=None, help="default: the task's own")
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="output directory")
+@click.option("-v", "--verbose", is_flag=True)
+def eval_(model: str, tasks_: tuple[str, ...], n: int, prompt_style: str, k_shot: int, batch_size: int,
+          max_new_tokens: int | None, dtype: str, device: str, seed: int, out: str, verbose: bool) -> None:
+    """Evaluate MODEL alone (no variants, no profiling) on one or more tasks."""
+    _setup_logging(verbose)
+    from compress.recipe import RecipeError, recipe_from_dict
+    from compress.runner import run_study
+
+    data = {
+        "name": "eval", "seed": seed, "model": {"name": model, "dtype": dtype, "device": device},
+        "tasks": [{"name": t, "n": n, "prompt_style": prompt_style, "k_shot": k_shot,
+                   "max_new_tokens": max_new_tokens} for t in tasks_],
+        "decoding": {"batch_size": batch_size}, "profile": {"enabled": False}, "output": out,
+    }
+    try:
+        recipe = recipe_from_dict(data)
+    except RecipeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    results = run_study(recipe, out)
+    click.echo(f"results: {results}")
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
 def validate(recipe: str) -> None:
@@ -94,7 +128,68 @@ def report(directory: str) -> None:
     if not ledger_path.exists():
         raise click.ClickException(f"{ledger_path} not found: is {directory} a study output directory?")
     path = write_outputs(Ledger(ledger_path), Path(directory))
-    click.echo(f"results: {path}\nreport:  {path.parent / 'report.md'}")
+    click.echo(f"results: {path}\nreport:  {path.parent / 'report.md'}\nhtml:    {path.parent / 'report.html'}")
+
+
+@main.command()
+@click.argument("dir1", type=click.Path(exists=True, file_okay=False))
+@click.argument("dir2", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="output directory (default: compare-<DIR1>-vs-<DIR2>)")
+def compare(dir1: str, dir2: str, out: str | None) -> None:
+    """Put two studies side by side (compare.md and a self-contained compare.html)."""
+    from evaluate.compare import write_compare
+
+    out_dir = Path(out or f"compare-{Path(dir1).resolve().name}-vs-{Path(dir2).resolve().name}")
+    try:
+        path = write_compare(Path(dir1), Path(dir2), out_dir)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"comparison: {path}\nhtml:       {path.with_suffix('.html')}")
+
+
+@main.command()
+@click.argument("model_or_config")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--quantize", default="", help="comma-separated methods, default parameters (e.g. bnb_int8,bnb_4bit)")
+@click.option("--batch-sizes", default="1", show_default=True, help="comma-separated, e.g. 1,8,32")
+@click.option("--prompt-tokens", default=64, show_default=True)
+@click.option("--new-tokens", default=32, show_default=True)
+@click.option("--warmup", default=1, show_default=True)
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="write the JSON here (and the markdown beside it)")
+def profile(model_or_config: str, dtype: str, device: str, quantize: str, batch_sizes: str, prompt_tokens: int,
+            new_tokens: int, warmup: int, repeats: int, out: str | None) -> None:
+    """Profile memory and speed of MODEL_OR_CONFIG alone, and of its quantized variants.
+
+    MODEL_OR_CONFIG: a model reference, or an architecture only (a shipped config such as
+    qwen2.5-0.5b-instruct, a config.json) for random weights of the real shape (no accuracy)."""
+    import json
+
+    from compress.profile_cli import ProfileTargetError, profile_target, render_profile_markdown, shipped_configs
+    from evaluate.profiling import ProfileConfig
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"{batch_sizes!r}: use comma-separated integers, e.g. 1,8,32",
+                                 param_hint="--batch-sizes") from exc
+    if new_tokens < 2 or any(b < 1 for b in sizes):
+        raise click.BadParameter("--new-tokens must be >= 2 and batch sizes >= 1")
+    config = ProfileConfig(prompt_tokens, new_tokens, warmup, repeats, sizes)
+    methods = tuple(m.strip() for m in quantize.split(",") if m.strip())
+    try:
+        result = profile_target(model_or_config, dtype, device, methods, config,
+                                log=lambda msg: click.echo(msg, err=True))
+    except ProfileTargetError as exc:
+        raise click.ClickException(f"{exc}\nshipped configs: {', '.join(shipped_configs())}") from exc
+    text = render_profile_markdown(result)
+    click.echo(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+        Path(out).with_suffix(".md").write_text(text)
+        click.echo(f"written: {out} and {Path(out).with_suffix('.md')}", err=True)
 
 
 if __name__ == "__main__":

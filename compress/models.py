@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,16 @@ def load_model(
     revision: str | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Load a causal LM as it will run: quantized checkpoints keep their own format."""
+    """Load a causal LM as it will run: quantized checkpoints keep their own format; a directory saved
+    in a registered format (FORMAT_FILE present) is loaded by that format's own loader."""
     from transformers import AutoModelForCausalLM
 
+    marker = Path(location) / FORMAT_FILE
+    if marker.is_file():
+        fmt = _format_from_marker(marker)
+        model = fmt.load(location, dtype, device, trust_remote_code)
+        model.eval()
+        return model
     model = AutoModelForCausalLM.from_pretrained(
         location,
         dtype=torch_dtype(dtype),
@@ -106,13 +114,57 @@ def load_model(
         revision=revision,
         **kwargs,
     )
+    if hasattr(model, "ct_decompress_hook"):
+        # compressed-tensors leaves packed weights in place and decompresses the whole model to dense
+        # on the first forward; do it now so memory figures describe the model that actually runs
+        model.hf_quantizer.compressor.decompress_model(model)
     model.eval()
     return model
 
 
-def save_model(model: Any, tokenizer: Any, directory: Path) -> None:
+# Storage formats that plain save_pretrained/from_pretrained cannot round-trip (e.g. optimum-quanto).
+# A method module registers one for its `produces` name; the runner saves with it, and the saved
+# directory's FORMAT_FILE names the module, so any process (profiling too) can load it back.
+FORMAT_FILE = "slimlab_format.json"
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    name: str
+    save: Callable[[Any, Path], None]  # (model, directory): write the weights and config
+    load: Callable[[str, str, str, bool], Any]  # (directory, dtype, device, trust_remote_code) -> model
+
+
+FORMATS: dict[str, ModelFormat] = {}
+
+
+def register_format(fmt: ModelFormat) -> ModelFormat:
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def _format_from_marker(marker: Path) -> ModelFormat:
+    import importlib
+    import json
+
+    info = json.loads(marker.read_text())
+    importlib.import_module(info["module"])  # registers the format
+    if info["format"] not in FORMATS:
+        raise ModelSourceError(f"{marker}: module {info['module']!r} registers no format {info['format']!r}")
+    return FORMATS[info["format"]]
+
+
+def save_model(model: Any, tokenizer: Any, directory: Path, fmt: str = "dense") -> None:
+    """save_pretrained, or the registered saver of `fmt` (recorded in FORMAT_FILE for load_model)."""
+    import json
+
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
+    if fmt in FORMATS:
+        FORMATS[fmt].save(model, directory)
+        module = FORMATS[fmt].load.__module__
+        (directory / FORMAT_FILE).write_text(json.dumps({"format": fmt, "module": module}))
+    else:
+        model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
 
 

@@ -85,6 +85,63 @@ class CalibrationSpec(Strict):
     seq_len: int = Field(256, ge=8)
 
 
+class BertScoreSpec(Strict):
+    """The encoder for BERTScore-scored tasks (SNI): a hub id, a local directory (offline), or
+    package:<module>/<subdir>; num_layers null = bert-score's tuned layer (roberta-large: 17)."""
+
+    model: str = Field("roberta-large", min_length=1)
+    num_layers: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1, le=1024)
+
+
+class SelectSpec(Strict):
+    """How the report picks the variant to deploy: the accuracy budget, then the cost to minimize."""
+
+    max_accuracy_drop: float = Field(1.0, ge=0)  # points below the baseline (mean over tasks, or each task)
+    per_task: bool = False  # apply max_accuracy_drop to every task, not to the mean
+    minimize: Literal["memory", "peak_memory", "latency", "ttft", "disk"] = "memory"
+    require_status: Literal["ok"] = "ok"
+    include_baseline: bool = True  # the FP model is a candidate too (it may win on latency)
+    max_memory_mib: float | None = Field(None, gt=0)  # optional hard caps on weights in memory / ms per token
+    max_latency_ms_per_token: float | None = Field(None, gt=0)
+
+
+class EndpointSpec(Strict):
+    """An OpenAI-compatible chat endpoint. Only the NAME of the key's environment variable is stored
+    (null: send no key, for a local server); the key itself is read at request time."""
+
+    base_url: str
+    model: str = Field(min_length=1)
+    api_key_env: str | None = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=20)
+    max_concurrency: int = Field(4, ge=1, le=64)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("base_url must be an http:// or https:// URL with a host, the prefix that "
+                             "/chat/completions follows, e.g. https://api.openai.com/v1")
+        if parts.username or parts.password or "key=" in parts.query.lower():
+            raise ValueError("base_url must not carry credentials (they would be written to the ledger); "
+                             "put the key in the environment variable named by api_key_env")
+        return v
+
+
+class JudgeSpec(EndpointSpec):
+    max_tokens: int = Field(8, ge=1, le=512)
+    audit: int = Field(0, ge=0)  # settled samples per cell also judged, seeded, to measure agreement
+    tasks: Literal["all"] | list[str] = "all"  # task cells (labels) the judge covers
+
+
+class ApiModelSpec(EndpointSpec):
+    name: str = Field(pattern=NAME_PATTERN)
+
+
 class Recipe(Strict):
     name: str | None = None
     seed: int = 0
@@ -94,6 +151,10 @@ class Recipe(Strict):
     decoding: DecodingSpec = Field(default_factory=DecodingSpec)
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    bertscore: BertScoreSpec = Field(default_factory=BertScoreSpec)  # encoder for bertscore_recall tasks
+    select: SelectSpec | None = None  # the report's deployment choice; None: the defaults of SelectSpec
+    judge: JudgeSpec | None = None  # LLM-as-judge for samples the answer rules cannot settle
+    api_models: list[ApiModelSpec] = Field(default_factory=list)  # API models evaluated beside the baseline
     output: str | None = None
 
     def fingerprint(self, *parts: Any) -> str:
@@ -174,6 +235,7 @@ def check_semantics(recipe: Recipe, data: dict, check_model: bool = True) -> lis
     """Checks that need the registries and the model's config."""
     from compress.registry import load_builtin_methods
     from evaluate.tasks import load_builtin_tasks
+    from evaluate.tasks._hf import check_data_dir
 
     methods = load_builtin_methods()
     tasks = load_builtin_tasks()
@@ -200,6 +262,12 @@ def check_semantics(recipe: Recipe, data: dict, check_model: bool = True) -> lis
         if task.repeats > 1 and not recipe.decoding.do_sample:
             issues.append(Issue(("tasks", i, "repeats"), task.repeats,
                                 "repeats > 1 only makes sense with sampling; set decoding.do_sample: true or repeats: 1"))
+        spec = tasks[task.name]
+        if spec.needs_data_dir and not (task.data_dir and Path(task.data_dir).is_dir()):
+            issues.append(Issue(("tasks", i, "data_dir"), task.data_dir, spec.needs_data_dir))
+        elif task.data_dir and (why := check_data_dir(task.name, task.data_dir, task.k_shot)):  # hub datasets
+            issues.append(Issue(("tasks", i, "data_dir"), task.data_dir, why))
+    issues.extend(check_bertscore(recipe, tasks))
 
     seen_variants: set[str] = set()
     for v, variant in enumerate(recipe.variants):
@@ -207,12 +275,55 @@ def check_semantics(recipe: Recipe, data: dict, check_model: bool = True) -> lis
             issues.append(Issue(("variants", v, "name"), variant.name, "duplicate variant name; names must be unique"))
         seen_variants.add(variant.name)
         issues.extend(check_steps(variant.steps, ("variants", v, "steps"), methods, model_config, recipe))
+    issues.extend(check_endpoints(recipe, seen_variants, tasks))
     return issues
+
+
+def check_endpoints(recipe: Recipe, variant_names: set[str], tasks: dict) -> list[Issue]:
+    """judge and api_models: names that do not clash, cells that exist, keys present in the environment
+    (the variable is named, its value never printed)."""
+    import os
+
+    issues: list[Issue] = []
+    endpoints: list[tuple[tuple, EndpointSpec]] = [(("api_models", i), m) for i, m in enumerate(recipe.api_models)]
+    seen = set(variant_names) | {BASELINE}
+    for i, m in enumerate(recipe.api_models):
+        if m.name in seen:
+            issues.append(Issue(("api_models", i, "name"), m.name,
+                                "clashes with the baseline, a variant or another api model; choose a unique name"))
+        seen.add(m.name)
+    if recipe.judge is not None:
+        endpoints.append((("judge",), recipe.judge))
+        cells = {t.cell: t.name for t in recipe.tasks}
+        for j, cell in enumerate([] if recipe.judge.tasks == "all" else recipe.judge.tasks):
+            spec = tasks.get(cells.get(cell, ""))
+            if cell not in cells:
+                issues.append(Issue(("judge", "tasks", j), cell, "no such task cell; " + _suggest(cell, list(cells))))
+            elif spec is not None and (spec.metric != "accuracy" or spec.answer_type == "text"):
+                issues.append(Issue(("judge", "tasks", j), cell,
+                                    f"scored by {spec.metric!r}, not right/wrong; remove it from judge.tasks"))
+    for loc, ep in endpoints:
+        if ep.api_key_env is not None and not os.environ.get(ep.api_key_env):
+            issues.append(Issue((*loc, "api_key_env"), ep.api_key_env,
+                                f"environment variable {ep.api_key_env} is not set; export it before running "
+                                "(or api_key_env: null for a server that needs no key)"))
+    return issues
+
+
+def check_bertscore(recipe: Recipe, tasks: dict) -> list[Issue]:
+    """bertscore.model must resolve (a missing local directory or package fails here, not after generation)."""
+    from evaluate.bertscore import check_model
+
+    if not any(tasks.get(t.name) is not None and tasks[t.name].metric == "bertscore_recall" for t in recipe.tasks):
+        return []
+    message = check_model(recipe.bertscore.model)
+    return [Issue(("bertscore", "model"), recipe.bertscore.model, message)] if message else []
 
 
 def check_steps(steps: list[dict], prefix: tuple, methods: dict, model_config: Any, recipe: Recipe) -> list[Issue]:
     issues: list[Issue] = []
     finalized_by: str | None = None
+    earlier: list = []  # the MethodSpecs of the steps before this one
     for s, step in enumerate(steps):
         loc = prefix + (s,)
         name = step.get("method")
@@ -230,15 +341,30 @@ def check_steps(steps: list[dict], prefix: tuple, methods: dict, model_config: A
         if spec.finalizes:
             finalized_by = name
         params_data = {k: v for k, v in step.items() if k != "method"}
+        before, earlier = list(earlier), [*earlier, spec]
         try:
             params = spec.params.model_validate(params_data)
         except ValidationError as exc:
             issues.extend(_pydantic_issues(exc, params_data, loc))
             continue
+        for field_name, message in params.check_chain(before):
+            issues.append(Issue((*loc, field_name), step.get(field_name, _MISSING), message))
         if model_config is not None:
             for field_name, message in params.check_model(model_config):
                 issues.append(Issue(loc + (field_name,), step.get(field_name, _MISSING), message))
     return issues
+
+
+def recipe_from_dict(data: dict, source: str = "<recipe>", check_model: bool = True) -> Recipe:
+    """Validate a recipe built in code (no YAML, so no line numbers)."""
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_pydantic_issues(exc, data), source) from exc
+    issues = check_semantics(recipe, data, check_model=check_model)
+    if issues:
+        raise RecipeError(issues, source)
+    return recipe
 
 
 def load_recipe(path: str | Path, check_model: bool = True) -> Recipe:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,12 @@ class MethodParams(BaseModel):
         """Checks that need the model's architecture (cheap: config.json only).
 
         Returns (field, message-with-fix) pairs; empty when the setting fits the model."""
+        return []
+
+    def check_chain(self, earlier: list[MethodSpec]) -> list[tuple[str, str]]:
+        """Checks that need the steps before this one (e.g. a format this step cannot train on).
+
+        Returns (field, message-with-fix) pairs, like check_model."""
         return []
 
 
@@ -53,12 +60,22 @@ class MethodSpec:
     produces: str = "dense"  # the storage format after this step: dense, bnb, compressed-tensors, quanto
     needs_cuda: bool = False
     finalizes: bool = False  # True when the format admits no further dense steps
+    # (device, params or None) -> why this method cannot run here (a missing kernel, dtype, compiler),
+    # or None; the runner then skips the variant with that reason instead of failing the study
+    unavailable: Callable[[str, MethodParams | None], str | None] | None = None
+
+    def unavailable_reason(self, device: str, params: MethodParams | None = None) -> str | None:
+        if self.needs_cuda and not device.startswith("cuda"):
+            return f"needs a CUDA GPU; model.device is {device!r}"
+        return self.unavailable(device, params) if self.unavailable is not None else None
 
     def parameter_table(self) -> list[tuple[str, str, str]]:
         """(name, type, default) per parameter, for `compress methods`."""
         rows = []
         for name, info in self.params.model_fields.items():
-            annotation = getattr(info.annotation, "__name__", None) or str(info.annotation)
+            # a class by its name; Literal/Union/list[...] spelled out so their choices show
+            annotation = info.annotation.__name__ if isinstance(info.annotation, type) else str(info.annotation)
+            annotation = re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", annotation)  # module prefixes dropped
             default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
             rows.append((name, annotation.replace("typing.", ""), default))
         return rows

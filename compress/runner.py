@@ -20,7 +20,7 @@ from compress.recipe import BASELINE, Recipe, TaskEntry
 from compress.registry import StepContext, load_builtin_methods
 from evaluate.generation import DecodingConfig
 from evaluate.harness import PromptSet, build_prompt_set, evaluate_cell, load_prompt_set, save_prompt_set
-from evaluate.memory import measure_footprint
+from evaluate.memory import measure_footprint, stored_bits_per_param
 from evaluate.profiling import ProfileConfig, profile_in_subprocess
 from evaluate.prompts import PromptConfig
 
@@ -50,6 +50,10 @@ class Study:
         self.ledger = Ledger(self.out_dir / "results.sqlite")
         self.source = resolve_model_source(self.recipe.model.name)
         self.methods = load_builtin_methods()
+        from evaluate.bertscore import configure  # the encoder of bertscore_recall tasks (SNI)
+
+        b, device = self.recipe.bertscore, self.recipe.model.device
+        configure(b.model, b.num_layers, b.batch_size, None if device == "auto" else device)
 
     # keys: a result is reused only while everything that produced it is unchanged -------------
     def baseline_key(self) -> str:
@@ -61,7 +65,9 @@ class Study:
                                        self.recipe.seed)
 
     def cell_key(self, variant_key: str, cell: Cell) -> str:
-        return self.recipe.fingerprint(variant_key, cell.pset.digest, cell.decoding.__dict__, cell.entry.repeats)
+        scorer = [self.recipe.bertscore.model_dump()] if cell.pset.task.metric == "bertscore_recall" else []
+        return self.recipe.fingerprint(variant_key, cell.pset.digest, cell.decoding.__dict__, cell.entry.repeats,
+                                       *scorer)
 
     # prompts --------------------------------------------------------------------------------
     def prepare_cells(self, tokenizer: Any) -> list[Cell]:
@@ -90,11 +96,13 @@ class Study:
 
     # evaluation -----------------------------------------------------------------------------
     def evaluate_model(self, variant: str, model: Any, tokenizer: Any, key: str, cells: list[Cell]) -> None:
+        from evaluate.loglikelihood import apply_loglik
         from evaluate.metrics import batch_scorer_for
 
         for cell in cells:
             ckey = self.cell_key(key, cell)
-            if self.ledger.cell(variant, cell.entry.cell, ckey) is not None:
+            if (cached := self.ledger.cell(variant, cell.entry.cell, ckey)) is not None:
+                self.rejudge(variant, cell, ckey, cached)
                 continue
             sample_dir = self.out_dir / "samples" / variant
             partial = sample_dir / f"{cell.entry.cell}.partial.jsonl"
@@ -102,12 +110,62 @@ class Study:
             t0 = time.perf_counter()
             result = evaluate_cell(model, tokenizer, cell.pset, cell.decoding, partial, cell.entry.repeats,
                                    batch_scorer_for(cell.pset.task))
-            metrics = {**result.metrics, "eval_s": time.perf_counter() - t0, "metric": cell.pset.task.metric}
+            # multiple choice: also score each option by log-likelihood (samples gain loglik_choice)
+            loglik = apply_loglik(model, tokenizer, cell.pset, result.samples, cell.decoding.batch_size)
+            metrics = {**result.metrics, **loglik, "eval_s": time.perf_counter() - t0,
+                       "metric": cell.pset.task.metric}
+            metrics.update(self.judge(cell, result.samples))
             final = sample_dir / f"{cell.entry.cell}.jsonl"
             final.write_text("".join(json.dumps(s) + "\n" for s in result.samples))
             partial.unlink(missing_ok=True)
             self.ledger.put_cell(variant, cell.entry.cell, cell.entry.name, ckey, metrics)
             self.computed.append(f"{variant}/{cell.entry.cell}")
+
+    # LLM judge and API models (evaluate/judge.py, evaluate/api_model.py) ---------------------
+    def judge(self, cell: Cell, samples: list[dict]) -> dict:
+        """Judge metrics for a freshly evaluated cell (samples gain judge_* fields), {} if not judged."""
+        from evaluate.api_model import APIError
+        from evaluate.judge import judge_applies, judge_cell
+
+        if not judge_applies(self.recipe.judge, cell.entry.cell, cell.pset.task):
+            return {}
+        try:
+            return judge_cell(self.recipe.judge, samples, cell.pset.items, self.recipe.seed)
+        except APIError as exc:  # the rule verdicts stand; a rerun retries the judge (no judge_key stored)
+            log.error("judge failed on %s: %s", cell.entry.cell, exc)
+            return {"judge_error": str(exc)[:500]}
+
+    def rejudge(self, variant: str, cell: Cell, ckey: str, cached: dict) -> None:
+        """A finished cell whose judge settings changed is re-judged from its samples, not regenerated."""
+        from evaluate.judge import JUDGE_METRICS, judge_applies, judge_key
+
+        spec, path = self.recipe.judge, self.out_dir / "samples" / variant / f"{cell.entry.cell}.jsonl"
+        if (not judge_applies(spec, cell.entry.cell, cell.pset.task) or not path.exists()
+                or cached.get("judge_key") == judge_key(spec, self.recipe.seed)):
+            return
+        samples = [json.loads(line) for line in path.read_text().splitlines()]
+        metrics = {k: v for k, v in cached.items() if k not in JUDGE_METRICS} | self.judge(cell, samples)
+        path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+        self.ledger.put_cell(variant, cell.entry.cell, cell.entry.name, ckey, metrics)
+        self.computed.append(f"{variant}/{cell.entry.cell}/judge")
+
+    def run_api_model(self, position: int, spec: Any, tokenizer: Any, cells: list[Cell]) -> None:
+        """An API model as its own row: same frozen prompts and decoding; latency from its measured
+        requests; no weights, memory or disk here to measure (null)."""
+        from evaluate.api_model import APIModel, client_from_spec
+
+        model = APIModel(spec.name, client_from_spec(spec), spec.max_concurrency)
+        key = self.recipe.fingerprint("api", spec.base_url, spec.model)
+        self.ledger.upsert_variant(spec.name, key, position=position, steps=[{"method": f"api:{spec.model}"}],
+                                   footprint={"backend": model.backend}, model_dir=None)
+        try:
+            self.evaluate_model(spec.name, model, tokenizer, key, cells)
+            if model.requests:
+                self.ledger.upsert_variant(spec.name, key, profile=model.latency_profile())
+            self.ledger.upsert_variant(spec.name, key, status="ok", reason=None)
+        except Exception as exc:  # a failing endpoint must not sink the study; APIError messages hold no key
+            log.error("api model %s failed: %s", spec.name, exc)
+            self.ledger.upsert_variant(spec.name, key, status="failed", reason=f"{type(exc).__name__}: {exc}"[:2000])
 
     def cells_pending(self, variant: str, key: str, cells: list[Cell]) -> bool:
         return any(self.ledger.cell(variant, c.entry.cell, self.cell_key(key, c)) is None for c in cells)
@@ -147,8 +205,11 @@ class Study:
             return model_dir
         m = self.recipe.model
         for step in steps:
-            if self.methods[step["method"]].needs_cuda and not m.device.startswith("cuda"):
-                raise SkipVariant(f"method {step['method']!r} needs a CUDA GPU; model.device is {m.device!r}")
+            spec = self.methods[step["method"]]
+            params = spec.params.model_validate({k: v for k, v in step.items() if k != "method"})
+            reason = spec.unavailable_reason(m.device, params)
+            if reason:
+                raise SkipVariant(f"method {step['method']!r} cannot run here: {reason}")
         shutil.rmtree(vdir, ignore_errors=True)
         work = vdir / "work"
         work.mkdir(parents=True)
@@ -169,23 +230,28 @@ class Study:
             timings.append({"method": spec.name, "seconds": time.perf_counter() - t0})
             if i < len(steps) - 1 and any(v.name == name and v.eval_stages for v in self.recipe.variants):
                 self.on_stage(name, key, i, spec.name, model, tokenizer)
-        save_model(model, tokenizer, model_dir)
+        # saved in the format of the last step that produced a non-dense one (a registered saver, if any)
+        fmt = next((f for f in (self.methods[s["method"]].produces for s in reversed(steps)) if f != "dense"), "dense")
+        save_model(model, tokenizer, model_dir, fmt)
         shutil.rmtree(work, ignore_errors=True)
         del model
         gc.collect()
-        marker.write_text(json.dumps({"key": key, "steps": steps, "timings": timings}))
+        marker.write_text(json.dumps({"key": key, "steps": steps, "timings": timings, "format": fmt}))
         self.computed.append(f"{name}/build")
         return model_dir
 
     def on_stage(self, variant: str, key: str, stage: int, method: str, model: Any, tokenizer: Any) -> None:
         """Evaluate an intermediate model of a chain so each step's cost shows in the report."""
+        from evaluate.metrics import batch_scorer_for
+
         footprint = measure_footprint(model).as_dict()
         for cell in self._cells:
             skey = self.cell_key(key, cell)
             if self.ledger.stage(variant, stage, cell.entry.cell, skey) is not None:
                 continue
             partial = self.out_dir / "samples" / variant / f"stage{stage}-{cell.entry.cell}.partial.jsonl"
-            result = evaluate_cell(model, tokenizer, cell.pset, cell.decoding, partial, cell.entry.repeats)
+            result = evaluate_cell(model, tokenizer, cell.pset, cell.decoding, partial, cell.entry.repeats,
+                                   batch_scorer_for(cell.pset.task))
             self.ledger.put_stage(variant, stage, method, cell.entry.cell, skey, result.metrics, footprint)
             self.computed.append(f"{variant}/stage{stage}/{cell.entry.cell}")
 
@@ -203,7 +269,9 @@ class Study:
                                        disk_bytes=_weights_disk_bytes(model_dir))
             if self.cells_pending(name, key, cells):
                 model = load_model(str(model_dir), m.dtype, m.device, m.trust_remote_code)
-                self.ledger.upsert_variant(name, key, footprint=measure_footprint(model).as_dict())
+                footprint = {**measure_footprint(model).as_dict(),
+                             "stored_bits_per_param": stored_bits_per_param(model_dir, model)}
+                self.ledger.upsert_variant(name, key, footprint=footprint)
                 self.evaluate_model(name, model, tokenizer, key, cells)
                 del model
                 gc.collect()
@@ -228,6 +296,8 @@ class Study:
         self.run_baseline(tokenizer, cells)
         for position, variant in enumerate(self.recipe.variants, start=1):
             self.run_variant(position, variant.name, variant.steps, tokenizer, cells)
+        for position, api in enumerate(self.recipe.api_models, start=len(self.recipe.variants) + 1):
+            self.run_api_model(position, api, tokenizer, cells)
         self.ledger.finish_run(run_id, self.computed)
         return write_outputs(self.ledger, self.out_dir, self.recipe)
 

@@ -17,6 +17,7 @@ class DecodingConfig:
     seed: int = 0
     stop: tuple[str, ...] = ("\n",)
     batch_size: int = 16
+    fast_greedy: bool = True  # our shrinking-batch loop; False = transformers' generate()
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -41,6 +42,76 @@ def model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+class _StopMatcher:
+    """Per-row stop detection on text, with each token's string decoded once and cached."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], eos_ids: set[int]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.eos_ids = eos_ids
+        self.window = max((len(s) for s in self.stop), default=0) + 16
+        self.piece: dict[int, str] = {}
+
+    def text_of(self, token_id: int) -> str:
+        if token_id not in self.piece:
+            self.piece[token_id] = self.tokenizer.decode([token_id])
+        return self.piece[token_id]
+
+    def finished(self, token_id: int, tail: str) -> tuple[bool, str]:
+        if token_id in self.eos_ids:
+            return True, tail
+        tail = (tail + self.text_of(token_id))[-self.window :]
+        return any(s in tail for s in self.stop), tail
+
+
+@torch.inference_mode()
+def greedy_generate_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                          matcher: _StopMatcher) -> list[list[int]]:
+    """Greedy decoding in which a row leaves the batch (and its KV cache) as soon as it hits a stop
+    string or EOS. transformers' generate() keeps finished rows computing until the whole batch
+    is done; this loop is written here because no library offers that for HF models on CPU."""
+    from transformers import DynamicCache
+
+    n = input_ids.shape[0]
+    out: list[list[int]] = [[] for _ in range(n)]
+    tails = [""] * n
+    alive = list(range(n))  # original row index of each live batch row
+    cache = DynamicCache(config=model.config)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   past_key_values=cache, use_cache=True).logits[:, -1, :]
+    next_pos = position_ids[:, -1:] + 1
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(-1)
+        keep = []
+        for row, tok in enumerate(tokens.tolist()):
+            orig = alive[row]
+            done, tails[orig] = matcher.finished(tok, tails[orig])
+            if tok not in matcher.eos_ids:
+                out[orig].append(tok)
+            if not done:
+                keep.append(row)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(alive):
+            index = torch.tensor(keep, device=tokens.device)
+            cache.batch_select_indices(index)
+            tokens, attention_mask, next_pos = tokens[index], attention_mask[index], next_pos[index]
+            alive = [alive[r] for r in keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(alive), 1))], dim=-1)
+        logits = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=next_pos,
+                       past_key_values=cache, use_cache=True).logits[:, -1, :]
+        next_pos = next_pos + 1
+    return out
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return {i for i in ids if i is not None}
+
+
 @torch.inference_mode()
 def generate(
     model: torch.nn.Module,
@@ -51,6 +122,8 @@ def generate(
 ) -> list[str]:
     """Completions for `prompts`, in order. Prompts of similar length share a batch (less padding);
     each sequence stops at its first stop string; `on_batch` lets callers persist finished work."""
+    if hasattr(model, "generate_texts"):  # a model behind an API (evaluate/api_model.py): same prompts, decoding
+        return model.generate_texts(prompts, config, on_batch)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -68,13 +141,18 @@ def generate(
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     if config.stop:
         gen_kwargs.update(stop_strings=list(config.stop), tokenizer=tokenizer)
+    matcher = _StopMatcher(tokenizer, config.stop, _eos_ids(model, tokenizer))
     for batch_index, idx in enumerate(_length_sorted_batches([len(e) for e in encoded], config.batch_size)):
         if config.do_sample:
             torch.manual_seed(config.seed + batch_index)
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model.generate(**batch, **gen_kwargs)
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
+        if config.do_sample or not config.fast_greedy:
+            out = model.generate(**batch, **gen_kwargs)
+            new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
+        else:
+            new_tokens = greedy_generate_batch(model, batch["input_ids"], batch["attention_mask"],
+                                               config.max_new_tokens, matcher)
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         texts = [truncate_at_stop(t, config.stop) for t in texts]
         for i, t in zip(idx, texts, strict=True):

@@ -46,10 +46,15 @@ def build_prompt_set(
     task = TASKS[task_name]
     items = task.load(n=n, seed=seed, split="test", data_dir=data_dir)
     exemplars: list[Item] = []
-    if prompt.k_shot:
-        pool = task.load(n=max(4 * prompt.k_shot, 16), seed=seed + 1, split="train", data_dir=data_dir)
-        exemplars = pick_exemplars(pool, prompt.k_shot, seed, {it.id for it in items})
-    prompts = [render_prompt(task, it, prompt, exemplars) for it in items]
+    if task.exemplars is not None:  # per-item shots, e.g. SNI's Positive Examples of each item's task file
+        shots = [task.exemplars(it, prompt.k_shot, data_dir) if prompt.k_shot else [] for it in items]
+        prompts = [render_prompt(task, it, prompt, s) for it, s in zip(items, shots, strict=True)]
+        exemplars = list({e.id: e for s in shots for e in s}.values())
+    else:
+        if prompt.k_shot:
+            pool = task.load(n=max(4 * prompt.k_shot, 16), seed=seed + 1, split="train", data_dir=data_dir)
+            exemplars = pick_exemplars(pool, prompt.k_shot, seed, {it.id for it in items})
+        prompts = [render_prompt(task, it, prompt, exemplars) for it in items]
     if prompt.chat_template:
         prompts = [apply_chat_template(tokenizer, p) for p in prompts]
     return PromptSet(cell, task, items, prompts, [e.id for e in exemplars])
@@ -78,7 +83,7 @@ def load_prompt_set(path: Path, cell: str, task_name: str) -> PromptSet:
 
 @dataclass
 class CellResult:
-    metrics: dict[str, float]
+    metrics: dict[str, Any]  # floats, plus by_<key> breakdown dicts
     samples: list[dict]
 
 
@@ -94,8 +99,21 @@ def _read_partial(path: Path) -> dict[tuple[str, int], dict]:
     return done
 
 
-def summarize(samples: list[dict], repeats: int) -> dict[str, float]:
-    """Accuracy and instruction-following in percent; with repeats, the mean and spread over them."""
+def breakdown_by(samples: list[dict], key: str) -> tuple[dict[str, float], dict[str, int]]:
+    """Accuracy (percent) and sample count per value of ``meta[key]``, over every repeat. A list value
+    counts the sample in each of its groups (multi-label explode); samples without the key are left out."""
+    groups: dict[str, list[float]] = {}
+    for s in samples:
+        value = (s.get("meta") or {}).get(key)
+        for v in value if isinstance(value, list | tuple) else [] if value is None else [value]:
+            groups.setdefault(str(v), []).append(s["score"])
+    acc = {g: 100.0 * sum(v) / len(v) for g, v in sorted(groups.items())}
+    return acc, {g: len(v) for g, v in sorted(groups.items())}
+
+
+def summarize(samples: list[dict], repeats: int, breakdown: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Accuracy and instruction-following in percent; with repeats, the mean and spread over them;
+    for each meta key in ``breakdown``, ``by_<key>`` (accuracy per value) and ``by_<key>_n``."""
     per_repeat = []
     for r in range(repeats):
         rows = [s for s in samples if s["repeat"] == r]
@@ -107,6 +125,10 @@ def summarize(samples: list[dict], repeats: int) -> dict[str, float]:
     }
     if repeats > 1:
         metrics["accuracy_std"] = statistics.stdev(per_repeat)
+    for key in breakdown:
+        acc, counts = breakdown_by(samples, key)
+        if acc:
+            metrics[f"by_{key}"], metrics[f"by_{key}_n"] = acc, counts
     return metrics
 
 
@@ -143,4 +165,4 @@ def evaluate_cell(
         scores = batch_scorer([s["output"] for s in samples], [it for _ in range(repeats) for it in pset.items])
         for s, value in zip(samples, scores, strict=True):
             s["score"] = value
-    return CellResult(summarize(samples, repeats), samples)
+    return CellResult(summarize(samples, repeats, pset.task.breakdown), samples)

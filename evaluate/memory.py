@@ -65,6 +65,8 @@ class MemoryFootprint:
     bits_per_param: float  # over the decoder's Linear layers (lm_head and embeddings excluded)
     n_params: int  # logical parameter count (packed weights counted unpacked)
     backend: str
+    sparsity: float | None = None  # exact zeros over the decoder's dense Linear weights; None: packed format
+    sparsity_per_layer: dict | None = None  # the same per decoder layer ('layers.3': 0.5)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,17 +88,35 @@ def measure_footprint(model: torch.nn.Module, device_label: str | None = None) -
             seen.add(key)
             own += _nbytes(t)
         total += own
-        if is_linear_like(module):
+        tied = own == 0 and getattr(module, "weight", None) is not None  # e.g. lm_head tied to the embeddings
+        if is_linear_like(module) and not hasattr(module, "base_layer"):  # a peft wrapper: its base_layer counts
             logical = module.in_features * module.out_features
-            n_params += logical + (module.out_features if getattr(module, "bias", None) is not None else 0)
+            if not tied:  # a tied weight is one parameter tensor, counted once (as torch's parameters() does)
+                n_params += logical + (module.out_features if getattr(module, "bias", None) is not None else 0)
             if name not in skip:
                 layer_bytes += own
                 layer_params += logical
         elif not any(True for _ in module.children()):
             n_params += sum(p.numel() for p in module.parameters(recurse=False))
     bits = 8.0 * layer_bytes / layer_params if layer_params else 0.0
-    return MemoryFootprint(total, layer_bytes, layer_params, round(bits, 3), n_params,
-                           describe_backend(model, device_label, bits))
+    sparsity, per_layer = _measured_sparsity(model)
+    backend = describe_backend(model, device_label, bits)
+    head, _, device = backend.rpartition("; ")
+    if any(hasattr(m, "lora_A") for m in model.modules()):
+        head += " + LoRA adapters (peft, unmerged: an extra matmul per layer)"
+    if sparsity is not None and sparsity >= 0.01:
+        from compress.methods._sparsity import detect_pattern
+
+        head += f", {detect_pattern(model) or 'unstructured'} {sparsity:.0%} zeros (dense kernel, zeros not skipped)"
+    return MemoryFootprint(total, layer_bytes, layer_params, round(bits, 3), n_params, f"{head}; {device}",
+                           sparsity, per_layer or None)
+
+
+def _measured_sparsity(model: torch.nn.Module) -> tuple[float | None, dict]:
+    """Exact zeros of the dense decoder Linear weights (see compress.methods._sparsity); packed: (None, {})."""
+    from compress.methods._sparsity import measure_sparsity
+
+    return measure_sparsity(model)
 
 
 def _unquantized_names(model: torch.nn.Module) -> set[str]:
@@ -126,11 +146,70 @@ def describe_backend(model: torch.nn.Module, device: str | None, bits: float) ->
         elif mod.startswith("optimum.quanto") and hasattr(module, "weight_qtype"):
             kinds.add(f"optimum-quanto {getattr(module.weight_qtype, 'name', module.weight_qtype)} (QLinear)")
         elif getattr(module, "quantization_scheme", None) is not None and is_linear_like(module):
-            fmt = getattr(module.quantization_scheme, "format", None)
-            fmt = getattr(fmt, "value", fmt) or "compressed-tensors"
-            state = "packed, dequantized per forward" if bits < 16 else "decompressed to dense: no memory saving"
-            kinds.add(f"compressed-tensors {fmt} ({state})")
+            kinds.add(_compressed_tensors_kind(module))
     if not kinds:
         dtype = next(model.parameters()).dtype
         kinds.add(f"PyTorch dense {str(dtype).removeprefix('torch.')}")
     return ", ".join(sorted(kinds)) + f"; {device}"
+
+
+def _args_label(args: Any) -> str:
+    """'int4 g128', 'fp8 per-channel', 'int8 per-token dynamic' from compressed-tensors QuantizationArgs."""
+    kind = "fp" if getattr(args.type, "value", args.type) == "float" else "int"
+    strategy = getattr(args.strategy, "value", args.strategy)
+    where = f"g{args.group_size}" if args.group_size else f"per-{strategy}"
+    return f"{kind}{args.num_bits} {where}" + (" dynamic" if args.dynamic is True else "")
+
+
+def _compressed_tensors_kind(module: torch.nn.Module) -> str:
+    """What a compressed-tensors layer really does. transformers has no int/fp8 kernels for it (the
+    opt-in FP8 kernel path aside): weights are dequantized to the model dtype (a dense matmul), and
+    quantized activations are emulated by quantize-dequantize in that dtype."""
+    scheme = module.quantization_scheme
+    fmt = getattr(scheme, "format", None)
+    fmt = getattr(fmt, "value", fmt) or "unsaved"
+    status = getattr(getattr(module, "quantization_status", None), "value", None)
+    weight = getattr(module, "weight", None)
+    weights = f"W {_args_label(scheme.weights)}" if scheme.weights is not None else "W dense"
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.element_size() >= 2:
+        dtype = str(weight.dtype).removeprefix("torch.")
+        held = (f"decompressed to {dtype}: no memory saving" if status == "decompressed"
+                else f"fake-quantized in {dtype}")
+    else:
+        held = "packed; decompressed on first forward"
+    if scheme.input_activations is not None:
+        acts = f" + A {_args_label(scheme.input_activations)}"
+        math = "activations quantize-dequantized: int/fp8 matmul emulated, none ran"
+    else:
+        acts = ""
+        math = "dense matmul"
+    return f"compressed-tensors {fmt} {weights}{acts} ({held}; {math})"
+
+
+def stored_bits_per_param(model_dir: Any, model: torch.nn.Module) -> float | None:
+    """Bits per parameter of the decoder Linear layers as stored on disk: bytes of every safetensors
+    tensor under those modules (scales, zero points, quant state included) over their logical
+    parameter count. Reads only the safetensors headers. None when the weights are not safetensors."""
+    import json
+    import struct
+    from pathlib import Path
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    skip = _unquantized_names(model)
+    layers = {n: m.in_features * m.out_features for n, m in model.named_modules()
+              if is_linear_like(m) and n not in skip}
+    stored = 0
+    for path in files:
+        with open(path, "rb") as f:  # format: u64 little-endian header length, then a JSON header
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            parts = key.split(".")
+            if any(".".join(parts[:i]) in layers for i in range(len(parts) - 1, 0, -1)):
+                start, end = info["data_offsets"]
+                stored += end - start
+    params = sum(layers.values())
+    return round(8.0 * stored / params, 3) if params else None

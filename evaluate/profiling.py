@@ -39,6 +39,64 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+class RssSampler:
+    """Polls this process's RSS in a thread: the peak of one phase (generation), which ru_maxrss
+    cannot give once loading has set a higher mark. Runs only around untimed generations, so it
+    does not perturb the timings. (optimum-benchmark polls the same way; a thread of ours is
+    needed because no library exposes a per-phase RSS peak.)"""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        import threading
+
+        self.interval_s = interval_s
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, _rss_bytes())
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def host_description() -> dict:
+    """The machine behind every figure: CPU model and cores, torch threads, GPU name when used."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 0
+    out = {"cpu": cpu, "cpu_cores": cores, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+           "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}  # >cores: timings contended
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+        out["cuda"] = torch.version.cuda
+    return out
+
+
 class _StepClock:
     """A logits processor that only records when each decoding step happens."""
 
@@ -94,8 +152,23 @@ def kv_cache_bytes(out: Any) -> int:
     return total
 
 
+def kv_cache_tokens(out: Any) -> int:
+    """Context length the cache holds after generation (prompt + new tokens - 1: the last token is never fed)."""
+    cache = getattr(out, "past_key_values", None)
+    return int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+
+
+def _cuda_peaks(prefix: str) -> dict:
+    return {f"{prefix}max_memory_allocated": torch.cuda.max_memory_allocated(),
+            f"{prefix}max_memory_reserved": torch.cuda.max_memory_reserved()}
+
+
 @torch.inference_mode()
-def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int = 0) -> list[dict]:
+def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int = 0,
+                   labels: dict | None = None) -> list[dict]:
+    """One row per batch size. `labels` (device, dtype, backend, kernel) are copied into every row so
+    no figure travels without what produced it. Memory of the generation phase is measured on the
+    warm-up runs (RSS sampler; CUDA peaks reset just before), timings on the repeats that follow."""
     cuda = next(model.parameters()).device.type == "cuda"
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -104,18 +177,24 @@ def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int
         ids = torch.randint(3, max(vocab_size, 4), (batch, config.prompt_tokens), generator=gen).to(device)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if cuda:
+            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        for _ in range(config.warmup):
-            _timed_generate(model, inputs, config.new_tokens, cuda)
-        prefills, totals, step_times = [], [], []
-        kv = 0
+        rss_start = _rss_bytes()
+        with RssSampler() as sampler:
+            for _ in range(max(config.warmup, 1)):  # at least one untimed run carries the memory sampling
+                _timed_generate(model, inputs, config.new_tokens, cuda)
+        prefills, totals, step_times, in_run = [], [], [], []
+        kv = kv_tokens = 0
         for _ in range(config.repeats):
             prefill, _, _ = _timed_generate(model, inputs, 1, cuda)
             total, steps, out = _timed_generate(model, inputs, config.new_tokens, cuda)
             prefills.append(prefill)
             totals.append(total)
             step_times.extend(steps)
-            kv = kv_cache_bytes(out)
+            if steps:  # decode steps of this very run: immune to prefill/total coming from different runs
+                in_run.append(sum(steps) / len(steps))
+            kv, kv_tokens = kv_cache_bytes(out), kv_cache_tokens(out)
+            del out
         prefill = statistics.median(prefills)
         total = statistics.median(totals)
         decode = max(total - prefill, 1e-9)
@@ -123,68 +202,109 @@ def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int
             "batch_size": batch,
             "prompt_tokens": config.prompt_tokens,
             "new_tokens": config.new_tokens,
+            "repeats": config.repeats,
             "ttft_ms": 1000 * prefill,
             "end_to_end_ms": 1000 * total,
             "end_to_end_spread_ms": 1000 * (max(totals) - min(totals)),
             "latency_ms_per_token": 1000 * decode / (config.new_tokens - 1),
             "per_token_p50_ms": 1000 * _percentile(step_times, 0.5) if step_times else None,
             "per_token_p90_ms": 1000 * _percentile(step_times, 0.9) if step_times else None,
+            "decode_ms_per_token_in_run": 1000 * statistics.median(in_run) if in_run else None,
             "tokens_per_s": batch * (config.new_tokens - 1) / decode,
             "kv_cache_bytes": kv,
+            "kv_cache_tokens": kv_tokens,
+            "generation_peak_rss_bytes": sampler.peak,
+            "generation_rss_delta_bytes": sampler.peak - rss_start,
+            "rss_samples": sampler.samples,
             "timer": "cuda events" if cuda else "perf_counter",
+            **(labels or {}),
         }
         if cuda:
-            row["cuda_max_memory_allocated"] = torch.cuda.max_memory_allocated()
-            row["cuda_max_memory_reserved"] = torch.cuda.max_memory_reserved()
+            row.update(_cuda_peaks("cuda_"))  # generation phase only: peaks were reset after loading
+            row["nvml"] = _nvml_memory()
         rows.append(row)
     return rows
 
 
+def _device_label(device: str, host: dict) -> str:
+    if device.startswith("cuda") and "gpu" in host:
+        return f"CUDA {host['gpu']}"
+    return f"CPU ({host['cpu']}, {host['cpu_cores']} cores, {host['torch_threads']} torch threads)"
+
+
 def profile_model_dir(location: str, dtype: str, device: str, config: ProfileConfig,
                       trust_remote_code: bool = False) -> dict:
-    """Load and profile in this process; call through `profile_in_subprocess` for clean peaks."""
+    """Load and profile in this process; call through `profile_in_subprocess` for clean peaks.
+
+    Load and generation are measured apart: on CPU, RSS before/after loading and ru_maxrss right
+    after loading (the load peak), then a polled RSS peak per batch size during generation; on
+    CUDA, allocator peaks reset before loading and again before each batch size's generation."""
     from compress.models import load_model
     from evaluate.memory import measure_footprint
 
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.init()
+        torch.cuda.reset_peak_memory_stats()
     rss_before = _rss_bytes()
     t0 = time.perf_counter()
     model = load_model(location, dtype, device, trust_remote_code)
+    if cuda:
+        torch.cuda.synchronize()
     load_s = time.perf_counter() - t0
     rss_loaded = _rss_bytes()
     peak_after_load = _peak_rss_bytes()
+    load_cuda = {**_cuda_peaks("cuda_load_"), "cuda_memory_allocated_after_load": torch.cuda.memory_allocated()} \
+        if cuda else {}
     footprint = measure_footprint(model)
-    rows = profile_loaded(model, model.config.vocab_size, config)
-    result = {
+    host = host_description()
+    attn = getattr(model.config, "_attn_implementation", None) or "default"
+    labels = {"device": _device_label(device, host), "dtype": dtype, "backend": footprint.backend,
+              "kernel": f"{footprint.backend.rsplit('; ', 1)[0]}; attention {attn}"}
+    rows = profile_loaded(model, model.config.vocab_size, config, labels=labels)
+    return {
         "load_s": load_s,
         "rss_before_load_bytes": rss_before,
         "load_rss_delta_bytes": rss_loaded - rss_before,
-        "peak_rss_after_load_bytes": peak_after_load,
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_after_load_bytes": peak_after_load,  # ru_maxrss once loaded: the load peak
+        "load_peak_rss_bytes": peak_after_load,
+        "generation_peak_rss_bytes": max((r["generation_peak_rss_bytes"] for r in rows), default=None),
+        # whole process, load and generation; the kernel's high-water mark can lag the polled RSS by a
+        # few pages (per-thread counters are synced lazily), so the larger of the two is the peak
+        "peak_rss_bytes": max(_peak_rss_bytes(), *(r["generation_peak_rss_bytes"] for r in rows)),
+        **load_cuda,
+        "nvml_after_load": _nvml_memory() if cuda else None,
         "footprint": footprint.as_dict(),
         "batches": rows,
-        "device": footprint.backend.rsplit("; ", 1)[-1],
-        "dtype": dtype,
+        **labels,
+        "host": host,
+        "load_avg_1m_after": host_description()["load_avg_1m"],  # other work on the machine during the run
         "torch": torch.__version__,
     }
-    if device.startswith("cuda"):
-        result["nvml_process_bytes"] = _nvml_process_bytes()
-    return result
 
 
-def _nvml_process_bytes() -> int | None:
+def _nvml_memory() -> dict | None:
+    """NVML's view: this process's GPU memory (context and allocator slack included) and the device's
+    used total. In containers NVML often lists host PIDs, so the process figure can be missing."""
     try:
         import os
 
         import pynvml
 
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == os.getpid():
-                return int(proc.usedGpuMemory)
-    except Exception:  # NVML absent or not permitted: report nothing rather than a guess
-        return None
-    return None
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        bus = getattr(props, "pci_bus_id", None)
+        if bus is not None:
+            domain = getattr(props, "pci_domain_id", 0)
+            dev = getattr(props, "pci_device_id", 0)
+            handle = pynvml.nvmlDeviceGetHandleByPciBusId(f"{domain:08x}:{bus:02x}:{dev:02x}.0".encode())
+        else:  # index order can differ from CUDA's under CUDA_VISIBLE_DEVICES; PCI id is preferred
+            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        process = next((int(p.usedGpuMemory) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                        if p.pid == os.getpid() and p.usedGpuMemory is not None), None)
+        return {"process_bytes": process, "device_used_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)}
+    except Exception as exc:  # NVML absent or not permitted: say so rather than guess
+        return {"process_bytes": None, "device_used_bytes": None, "error": f"{type(exc).__name__}: {exc}"[:200]}
 
 
 def profile_in_subprocess(location: str, dtype: str, device: str, config: ProfileConfig,

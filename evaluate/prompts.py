@@ -31,6 +31,8 @@ def _answer_text(item: Item, style: PromptStyle) -> str:
 def render_prompt(
     task: TaskSpec, item: Item, config: PromptConfig, exemplars: list[Item] | None = None
 ) -> str:
+    if task.render is not None:  # the task owns its layout (e.g. SNI's study prompt)
+        return task.render(item, config, list(exemplars or []))
     parts: list[str] = []
     if config.definition and task.definition:
         parts.append(task.definition + "\n\n")

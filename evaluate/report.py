@@ -1,14 +1,32 @@
-"""From the ledger to files a person opens: results.json (one row per variant x task) and report.md."""
+"""From the ledger to files a person opens: results.json (one row per variant x task), report.md with
+its plots in plots/, and report.html, the same report self-contained (plots embedded as data URIs).
+
+The report ends in a decision: the recipe's `select:` block (or its defaults) picks the variant to
+deploy, or says that none qualifies, and why."""
 
 from __future__ import annotations
 
+import html
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from compress.ledger import Ledger
+from evaluate.pareto import (
+    FRONT_OBJECTIVES,
+    Selection,
+    VariantSummary,
+    pareto_front,
+    select_variant,
+    summarize_variants,
+)
 
 BASELINE = "baseline"
+log = logging.getLogger("slimlab")
+
+# cell metrics with their own place in the report; any other number is listed under "Other metrics"
+CORE_METRICS = {"accuracy", "instruction_following", "n", "accuracy_std", "eval_s"}
 
 
 def _batch1(profile: dict | None) -> dict:
@@ -28,6 +46,17 @@ def peak_memory(profile: dict | None) -> int | None:
     return profile.get("peak_rss_bytes")
 
 
+def _extras(c: dict | None) -> tuple[dict[str, float], dict[str, dict]]:
+    """Numbers beyond the core metrics (accuracy_loglik, judge_*...) and dict breakdowns (by_perturbation)."""
+    if not c:
+        return {}, {}
+    skip = CORE_METRICS | {"variant", "cell", "task", "metric"}
+    numbers = {k: v for k, v in c.items() if k not in skip and isinstance(v, int | float) and not isinstance(v, bool)}
+    breakdowns = {k: v for k, v in c.items() if k not in skip and isinstance(v, dict) and v
+                  and all(isinstance(x, int | float) for x in v.values())}
+    return numbers, breakdowns
+
+
 def result_rows(ledger: Ledger) -> list[dict[str, Any]]:
     variants = ledger.variants()
     cells = ledger.cells()
@@ -43,6 +72,7 @@ def result_rows(ledger: Ledger) -> list[dict[str, Any]]:
             c = mine.get(cell)
             value = c["accuracy"] if c else None
             b = base.get(cell)
+            extra, breakdowns = _extras(c)
             rows.append({
                 "variant": v["variant"],
                 "task": cell,
@@ -62,9 +92,13 @@ def result_rows(ledger: Ledger) -> list[dict[str, Any]]:
                 "ttft_ms": b1.get("ttft_ms"),
                 "tokens_per_s": b1.get("tokens_per_s"),
                 "backend": fp.get("backend"),
+                "device": (prof or {}).get("device"),
+                "dtype": (prof or {}).get("dtype"),
                 "steps": " -> ".join(s["method"] for s in (v.get("steps") or [])) or "FP",
                 "status": v.get("status") or "pending",
                 "reason": v.get("reason"),
+                "extra_metrics": extra,
+                "breakdowns": breakdowns,
             })
     return rows
 
@@ -77,17 +111,64 @@ def _mib(x: int | None) -> str:
     return "—" if x is None else f"{x / 2**20:.2f}"
 
 
-def render_markdown(rows: list[dict], ledger: Ledger, title: str) -> str:
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    by = {(r["variant"], r["task"]): r for r in rows}
-    first = {v: next(r for r in rows if r["variant"] == v) for v in variants}
-    out = [f"# slimlab study: {title}", ""]
-    out += ["Accuracy in percent on identical prompts and decoding; Δ is the change against the FP "
-            "baseline in points. Memory and latency are measured on the format that ran (backend column).", ""]
-    out += ["## Accuracy", ""]
-    out.append("| variant | steps | " + " | ".join(tasks) + " | mean Δ |")
-    out.append("|---|---|" + "---|" * len(tasks) + "---|")
+def _cell(text: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return "—" if text is None else str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    """A markdown table followed by a blank line."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    lines.append("")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# study metadata and the selection policy
+
+
+def study_recipe(ledger: Ledger, recipe: Any = None) -> dict:
+    """The recipe as a dict: the one given, else the last run's copy in the ledger (for `compress report`)."""
+    if recipe is not None:
+        return recipe.model_dump() if hasattr(recipe, "model_dump") else dict(recipe)
+    last = ledger.last_run()
+    try:
+        return json.loads(last["recipe"]) if last and last.get("recipe") else {}
+    except (TypeError, json.JSONDecodeError):
+        return {}
+
+
+def select_policy(recipe: dict) -> tuple[Any, bool]:
+    """(SelectSpec, whether the recipe set it)."""
+    from compress.recipe import SelectSpec
+
+    block = recipe.get("select")
+    return (SelectSpec.model_validate(block), True) if block else (SelectSpec(), False)
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def _recommendation(selection: Selection, explicit: bool) -> list[str]:
+    out = ["## Recommendation", ""]
+    if selection.chosen is None:
+        out.append("**No variant qualifies.** " + selection.reason)
+    else:
+        out.append(f"**Deploy {selection.chosen}.** " + selection.reason)
+    out += ["", f"Policy: {selection.policy}."
+            + ("" if explicit else " (Default policy: add a `select:` block to the recipe to change it, e.g. "
+               "`select: {max_accuracy_drop: 1.0, minimize: memory}`.)")]
+    if selection.rejected:
+        out += ["", "Left out:", ""]
+        out += [f"- **{v}**: {_cell(why)}" for v, why in selection.rejected.items()]
+    out.append("")
+    return out
+
+
+def _accuracy(rows: list[dict], variants: list[str], tasks: list[str], by: dict, first: dict) -> list[str]:
+    body = []
     for v in variants:
         cells, deltas = [], []
         for t in tasks:
@@ -96,48 +177,250 @@ def render_markdown(rows: list[dict], ledger: Ledger, title: str) -> str:
                 cells.append("—")
                 continue
             d = r["delta_vs_baseline"]
-            cells.append(f"{r['value']:.1f}" + ("" if v == BASELINE or d is None else f" ({d:+.1f})"))
+            std = f" ± {r['accuracy_std']:.1f}" if r.get("accuracy_std") is not None else ""
+            cells.append(f"{r['value']:.1f}{std}" + ("" if v == BASELINE or d is None else f" ({d:+.1f})"))
             if d is not None:
                 deltas.append(d)
         mean_delta = "" if v == BASELINE else (f"{sum(deltas) / len(deltas):+.1f}" if deltas else "—")
-        out.append(f"| {v} | {first[v]['steps']} | " + " | ".join(cells) + f" | {mean_delta} |")
-    out += ["", "## Instruction following (% of outputs in the requested answer format)", ""]
-    out.append("| variant | " + " | ".join(tasks) + " |")
-    out.append("|---|" + "---|" * len(tasks))
-    for v in variants:
-        out.append(f"| {v} | " + " | ".join(_fmt((by.get((v, t)) or {}).get("instruction_following"))
-                                          for t in tasks) + " |")
-    out += ["", "## Efficiency (measured)", ""]
-    out.append("| variant | weights in memory (MiB) | bits/param | params | disk (MiB) | peak RSS/GPU (MiB) "
-               "| ms/token | tokens/s | TTFT (ms) | backend |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
-    for v in variants:
-        r = first[v]
-        out.append(f"| {v} | {_mib(r['weight_bytes'])} | {_fmt(r['bits_per_param'], '.2f')} | "
-                   f"{_fmt(r['n_params'], ',')} | {_mib(r['disk_bytes'])} | {_mib(r['peak_memory_bytes'])} | "
-                   f"{_fmt(r['latency_ms_per_token'], '.2f')} | {_fmt(r['tokens_per_s'], '.1f')} | "
-                   f"{_fmt(r['ttft_ms'], '.1f')} | {r['backend'] or '—'} |")
+        body.append([v, _cell(first[v]["steps"]), *cells, mean_delta])
+    metric_names = {t: next((r["metric"] for r in rows if r["task"] == t), "accuracy") for t in tasks}
+    header = ["variant", "steps"] + [t if metric_names[t] == "accuracy" else f"{t} ({metric_names[t]})"
+                                     for t in tasks] + ["mean Δ"]
+    out = ["## Accuracy", "", "Per task: score (Δ vs baseline, points); ± is the spread over sampled repeats.", ""]
+    return out + _table(header, body)
+
+
+def _instruction_following(variants: list[str], tasks: list[str], by: dict) -> list[str]:
+    out = ["## Instruction following (% of outputs in the requested answer format)", ""]
+    body = [[v] + [_fmt((by.get((v, t)) or {}).get("instruction_following")) for t in tasks] for v in variants]
+    return out + _table(["variant", *tasks], body)
+
+
+def _other_metrics(rows: list[dict], variants: list[str], tasks: list[str], by: dict) -> list[str]:
+    """Every extra number a task or the judge recorded (accuracy_loglik, judge_agreement, ...), and the
+    per-group breakdowns (by_perturbation, ...), each with its Δ vs the baseline when both exist."""
+    out: list[str] = []
+    names = list(dict.fromkeys(k for r in rows for k in (r.get("extra_metrics") or {})))
+    if names:
+        out += ["## Other metrics", ""]
+        body = []
+        for t in tasks:
+            for name in names:
+                vals = [(by.get((v, t)) or {}).get("extra_metrics", {}).get(name) for v in variants]
+                if all(x is None for x in vals):
+                    continue
+                base = (by.get((BASELINE, t)) or {}).get("extra_metrics", {}).get(name)
+                shown = [_fmt(x, ".3g") if x is None or base is None or v == BASELINE
+                         else f"{x:.3g} ({x - base:+.3g})" for v, x in zip(variants, vals, strict=True)]
+                body.append([t, name, *shown])
+        out += _table(["task", "metric", *variants], body)
+    for t in tasks:
+        kinds = list(dict.fromkeys(k for v in variants for k in ((by.get((v, t)) or {}).get("breakdowns") or {})))
+        for kind in kinds:
+            groups = list(dict.fromkeys(g for v in variants
+                                        for g in ((by.get((v, t)) or {}).get("breakdowns") or {}).get(kind, {})))
+            base = ((by.get((BASELINE, t)) or {}).get("breakdowns") or {}).get(kind, {})
+            body = []
+            for v in variants:
+                got = ((by.get((v, t)) or {}).get("breakdowns") or {}).get(kind)
+                if not got:
+                    continue
+                body.append([v] + [_fmt(got.get(g)) + ("" if v == BASELINE or g not in base or g not in got
+                                                         else f" ({got[g] - base[g]:+.1f})") for g in groups])
+            if body:
+                out += [f"### {t}: {kind.replace('_', ' ')}", "", *_table(["variant", *groups], body)]
+    return out
+
+
+def _pareto(summaries: list[VariantSummary], chosen: str | None, figures: dict[str, bytes]) -> list[str]:
+    from evaluate.plots import accuracy_vs_cost
+
+    front = set(pareto_front(summaries, FRONT_OBJECTIVES))
+    out = ["## Accuracy against cost", "",
+           "Mean accuracy over tasks against weights in memory and against decode latency at batch 1. "
+           "Red points are on the Pareto front of that plot (nothing else is both as accurate and cheaper); "
+           "the ringed ★ point is the recommendation.", ""]
+    for name, cost, label, scale in (("accuracy_vs_memory", "weight_bytes", "weights in memory (MiB)", 2**20),
+                                     ("accuracy_vs_latency", "latency_ms_per_token", "ms/token at batch 1", 1.0)):
+        png = accuracy_vs_cost(summaries, cost, label, scale, chosen)
+        if png is not None:
+            figures[name] = png
+            out += [f"![{name.replace('_', ' ')}](plots/{name}.png)", ""]
+    body = [[s.variant, _fmt(s.mean_accuracy), "" if s.variant == BASELINE else _fmt(s.mean_delta, "+.1f"),
+             _mib(s.weight_bytes), _mib(s.peak_memory_bytes), _fmt(s.latency_ms_per_token, ".2f"),
+             _fmt(s.tokens_per_s, ".1f"), "yes" if s.variant in front else ""] for s in summaries]
+    out += _table(["variant", "mean accuracy", "mean Δ", "weights (MiB)", "peak (MiB)", "ms/token", "tokens/s",
+                   "Pareto (acc, memory, latency)"], body)
+    return out
+
+
+def _heatmap(summaries: list[VariantSummary], tasks: list[str], figures: dict[str, bytes]) -> list[str]:
+    from evaluate.plots import delta_heatmap
+
+    png = delta_heatmap(summaries, tasks)
+    if png is None:
+        return []
+    figures["delta_heatmap"] = png
+    return ["## Per-task Δ vs baseline", "", "![per-task delta heatmap](plots/delta_heatmap.png)", ""]
+
+
+def _efficiency(variants: list[str], first: dict) -> list[str]:
+    out = ["## Efficiency (measured)", ""]
+    body = [[v, _mib(r["weight_bytes"]), _fmt(r["bits_per_param"], ".2f"), _fmt(r["n_params"], ","),
+             _mib(r["disk_bytes"]), _mib(r["peak_memory_bytes"]), _fmt(r["latency_ms_per_token"], ".2f"),
+             _fmt(r["tokens_per_s"], ".1f"), _fmt(r["ttft_ms"], ".1f"), _cell(r["backend"])]
+            for v in variants for r in [first[v]]]
+    return out + _table(["variant", "weights in memory (MiB)", "bits/param", "params", "disk (MiB)",
+                         "peak RSS/GPU (MiB)", "ms/token", "tokens/s", "TTFT (ms)", "backend"], body)
+
+
+def _profiles(ledger: Ledger, figures: dict[str, bytes]) -> list[str]:
+    """Load vs generation memory, and latency per batch size, each row naming device, dtype and kernel."""
+    from evaluate.plots import batch_sweep
+
+    profs = {v["variant"]: v["profile"] for v in ledger.variants() if v.get("profile")}
+    if not profs:
+        return []
+    out = ["## Load and generation, per batch size", "",
+           "Load: time and RSS of loading (ru_maxrss just after loading is the load peak). Generation: "
+           "RSS polled during untimed warm-up runs (CPU) or allocator peaks reset after loading (CUDA); "
+           "timings are the median of the timed repeats. KV cache = bytes the cache holds at the end of "
+           "generation (prompt + new tokens - 1).", ""]
+    body = []
+    for v, p in profs.items():
+        nvml = (p.get("nvml_after_load") or {}).get("process_bytes")
+        body.append([v, _fmt(p.get("load_s"), ".2f"), _mib(p.get("load_rss_delta_bytes")),
+                     _mib(p.get("load_peak_rss_bytes", p.get("peak_rss_after_load_bytes"))),
+                     _mib(p.get("generation_peak_rss_bytes")), _mib(p.get("cuda_load_max_memory_allocated")),
+                     _mib(nvml), _cell(p.get("device")), _cell(p.get("dtype"))])
+    out += _table(["variant", "load (s)", "load RSS Δ (MiB)", "load peak RSS (MiB)", "generation peak RSS (MiB)",
+                   "CUDA load peak (MiB)", "NVML process (MiB)", "device", "dtype"], body)
+    body = []
+    for v, p in profs.items():
+        for r in p.get("batches", []):
+            gen_peak = r.get("cuda_max_memory_allocated", r.get("generation_peak_rss_bytes"))
+            body.append([v, str(r["batch_size"]), _fmt(r.get("ttft_ms"), ".1f"), _fmt(r.get("end_to_end_ms"), ".1f"),
+                         _fmt(r.get("latency_ms_per_token"), ".2f"), _fmt(r.get("per_token_p50_ms"), ".2f"),
+                         _fmt(r.get("per_token_p90_ms"), ".2f"), _fmt(r.get("tokens_per_s"), ".1f"),
+                         f"{_mib(r.get('kv_cache_bytes'))} ({r.get('kv_cache_tokens', '—')} tok)", _mib(gen_peak),
+                         _cell(r.get("kernel") or p.get("backend")), _cell(r.get("timer"))])
+    out += _table(["variant", "batch", "TTFT (ms)", "end-to-end (ms)", "ms/token", "p50 (ms)", "p90 (ms)", "tokens/s",
+                   "KV cache (MiB)", "generation peak (MiB)", "kernel", "timer"], body)
+    png = batch_sweep({v: p.get("batches", []) for v, p in profs.items()})
+    if png is not None:
+        figures["batch_sweep"] = png
+        out += ["![batch-size sweep](plots/batch_sweep.png)", ""]
+    return out
+
+
+def _stages(ledger: Ledger) -> list[str]:
+    stages = ledger.stages()
+    if not stages:
+        return []
+    out = ["## Accuracy after each step of a chain", "", "| variant | after step | task | accuracy |",
+           "|---|---|---|---|"]
+    for s in stages:
+        out.append(f"| {s['variant']} | {s['stage'] + 1}: {s['method']} | {s['cell']} | "
+                   f"{s['metrics']['accuracy']:.1f} |")
+    out.append("")
+    return out
+
+
+def _sni_section(ledger: Ledger, out_dir: Path | None) -> list[str]:
+    """The SNI three-tier view (evaluate.sni, another module's job): writes sni_three_tier.json and returns
+    its markdown section; nothing when the study has no SNI cell or the module is absent."""
+    if out_dir is None:
+        return []
+    try:
+        from evaluate.sni import write_sni_outputs
+    except ImportError:
+        return []
+    try:
+        text = write_sni_outputs(out_dir, ledger)
+    except Exception as exc:  # the rest of the report must not depend on one section
+        log.warning("SNI section not rendered: %s", exc)
+        return [f"_SNI section not rendered: {_cell(exc)}_", ""]
+    return [text, ""] if text else []
+
+
+def render_markdown(rows: list[dict], ledger: Ledger, title: str, recipe: dict | None = None,
+                    figures: dict[str, bytes] | None = None, out_dir: Path | None = None) -> str:
+    """The report; figures (name -> PNG) are filled in and referenced as plots/<name>.png."""
+    figures = {} if figures is None else figures
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    by = {(r["variant"], r["task"]): r for r in rows}
+    first = {v: next(r for r in rows if r["variant"] == v) for v in variants}
+    summaries = summarize_variants(rows)
+    spec, explicit = select_policy(recipe or {})
+    selection = select_variant(summaries, spec)
+    model = ((recipe or {}).get("model") or {}).get("name")
+    out = [f"# slimlab study: {title}", ""]
+    out += [(f"Model `{model}`. " if model else "") + "Accuracy in percent on identical prompts and decoding; "
+            "Δ is the change against the FP baseline in points. Memory and latency are measured on the format "
+            "that ran (backend column).", ""]
+    out += _recommendation(selection, explicit)
+    out += _accuracy(rows, variants, tasks, by, first)
+    out += _pareto(summaries, selection.chosen, figures)
+    out += _heatmap(summaries, tasks, figures)
+    out += _instruction_following(variants, tasks, by)
+    out += _other_metrics(rows, variants, tasks, by)
+    out += _efficiency(variants, first)
+    out += _profiles(ledger, figures)
     problems = [r for r in first.values() if r["status"] in ("failed", "skipped")]
     if problems:
-        out += ["", "## Variants that did not run", ""]
-        out += [f"- **{r['variant']}** ({r['status']}): {r['reason']}" for r in problems]
-    stages = ledger.stages()
-    if stages:
-        out += ["", "## Accuracy after each step of a chain", ""]
-        out.append("| variant | after step | task | accuracy |")
-        out.append("|---|---|---|---|")
-        for s in stages:
-            out.append(f"| {s['variant']} | {s['stage'] + 1}: {s['method']} | {s['cell']} | "
-                       f"{s['metrics']['accuracy']:.1f} |")
-    out += ["", "Peak memory on CPU is the profiling process's peak RSS (interpreter and libraries "
+        out += ["## Variants that did not run", ""]
+        out += [f"- **{r['variant']}** ({r['status']}): {_cell(r['reason'])}" for r in problems]
+        out.append("")
+    out += _stages(ledger)
+    out += _sni_section(ledger, out_dir)
+    out += ["Peak memory on CPU is the profiling process's peak RSS (interpreter and libraries "
             "included); weights in memory counts every tensor storage the loaded model holds.", ""]
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;vertical-align:top}th{background:#f2f2f2}
+tr:nth-child(even) td{background:#fafafa}img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+code{background:#f4f4f4;padding:0 .2em}h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #ccc;
+margin-top:1.6em}"""
+
+
+def render_html(title: str, markdown_text: str, figures: dict[str, bytes]) -> str:
+    """The markdown report as one self-contained HTML file: markdown-it renders it (raw HTML in the
+    text is escaped), and each plots/<name>.png reference becomes an embedded data URI."""
+    from markdown_it import MarkdownIt
+
+    from evaluate.plots import data_uri
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
+    for name, png in figures.items():
+        body = body.replace(f'src="plots/{name}.png"', f'src="{data_uri(png)}"')
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><style>{CSS}</style></head>"
+            f"<body>\n{body}</body></html>\n")
+
+
+def write_figures(figures: dict[str, bytes], out_dir: Path) -> None:
+    if figures:
+        (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+        for name, png in figures.items():
+            (out_dir / "plots" / f"{name}.png").write_bytes(png)
 
 
 def write_outputs(ledger: Ledger, out_dir: Path, recipe: Any = None) -> Path:
     rows = result_rows(ledger)
     path = out_dir / "results.json"
     path.write_text(json.dumps(rows, indent=2))
-    title = getattr(recipe, "name", None) or out_dir.name
-    (out_dir / "report.md").write_text(render_markdown(rows, ledger, title))
+    recipe_dict = study_recipe(ledger, recipe)
+    title = recipe_dict.get("name") or out_dir.name
+    figures: dict[str, bytes] = {}
+    text = render_markdown(rows, ledger, title, recipe_dict, figures, out_dir)
+    write_figures(figures, out_dir)
+    (out_dir / "report.md").write_text(text)
+    (out_dir / "report.html").write_text(render_html(f"slimlab study: {title}", text, figures))
     return path

@@ -1,7 +1,10 @@
 """Train the embedded default model ``embedded:tiny-reasoner`` on the synthetic tasks (CPU, seeded).
 
 The model is a small transformers-native ``LlamaForCausalLM`` (grouped-query attention) with a
-byte-level BPE tokenizer built from the synthetic corpus (digits split individually).  It is
+byte-level BPE tokenizer built from the synthetic corpus in which every integer in -99..199
+(with its leading space, e.g. " 12", " -3") is one token; other text falls back to BPE pieces, so
+any string can be encoded.  Integer tokens start from a "number line" initialisation (magnitude,
+sign and Fourier features), which makes sorting and small arithmetic learnable on a CPU.  It is
 trained on the ``train`` split of ``evaluate.tasks.synthetic.TRAINING_TASKS`` in exactly the
 prompt format the evaluation renders:
 
@@ -10,7 +13,8 @@ prompt format the evaluation renders:
 * one-shot (a small share): ``f"{ex.question}\\nAnswer: {ex.target}\\n\\n{question}\\nAnswer:"``
   (optionally preceded by ``f"{definition}\\n\\n"``)
 
-and the completion ``" " + target`` followed by EOS; the loss is masked to the completion.  At the
+and the completion ``" " + target`` followed by EOS; the loss is masked to the completion and
+averaged per example (so one-letter answers weigh as much as long lists).  At the
 end it measures held-out greedy accuracy (split ``test``) and writes ``TRAINING.md`` next to the
 weights.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import re
 import shlex
@@ -30,12 +35,15 @@ import sys
 import time
 from pathlib import Path
 
+# Passive OpenMP waiting: with busy-waiting, sharing the 2 cores with another process slows
+# training ~10x; passive waiting costs ~5% when the cores are free.  Must precede `import torch`.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import torch
-from tokenizers import (
+import torch  # noqa: E402
+from tokenizers import (  # noqa: E402
     Regex,
     Tokenizer,
     decoders,
@@ -44,20 +52,27 @@ from tokenizers import (
     processors,
     trainers,
 )
-from tqdm import tqdm
-from transformers import (
+from tqdm import tqdm  # noqa: E402
+from transformers import (  # noqa: E402
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
 
-from evaluate.tasks.base import TASKS, Item
-from evaluate.tasks.synthetic import TRAINING_TASKS
+from evaluate.tasks.base import TASKS, Item  # noqa: E402
+from evaluate.tasks.synthetic import TRAINING_TASKS  # noqa: E402
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
-# Pre-tokens: one digit (with its leading space), a word, one punctuation mark, or one whitespace.
-PRETOKEN_PATTERN = r" ?[0-9]| ?[A-Za-z]+| ?[^\sA-Za-z0-9]|\s"
+# Pre-tokens: an integer with optional '-' (and its leading space), a word, one punctuation mark,
+# or one whitespace.  Integers in NUMBER_RANGE become single tokens; others split into BPE pieces.
+# A multiple-choice option "B. 45" (label, period, space, integer in OPTION_RANGE) is one token, so
+# each option's label and value share a position (small models cannot learn the label binding
+# across positions within the CPU budget).
+PRETOKEN_PATTERN = r"[A-D]\. -?[0-9]+| ?-?[0-9]+| ?[A-Za-z]+| ?[^\sA-Za-z0-9]|\s"
+NUMBER_RANGE = range(-99, 200)
+OPTION_LETTERS = "ABCD"
+OPTION_RANGE = range(100)
 # Minimal chat template mirroring the plain prompt format: system = definition, user = question.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -71,10 +86,10 @@ CHAT_TEMPLATE = (
 DEFAULT_WEIGHTS = {
     "sort8_positive": 1.0,
     "sort8_mixed": 1.0,
-    "sort16_positive": 1.5,
-    "sort16_mixed": 2.0,
-    "synth_arith": 1.5,
-    "synth_mc": 1.0,
+    "sort16_positive": 1.0,
+    "sort16_mixed": 1.5,
+    "synth_arith": 2.0,
+    "synth_mc": 3.0,
 }
 
 
@@ -108,7 +123,7 @@ def parse_answer(text: str, answer_type: str) -> str:
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE over the corpus; digits, '-' and punctuation never merge with neighbours."""
+    """Byte-level BPE over the corpus; every integer in NUMBER_RANGE (with leading space) is one token."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -123,7 +138,13 @@ def build_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus, trainer)
+    numbers = " " + " ".join(str(v) for v in NUMBER_RANGE)
+    options = "\n".join(f"{c}. {v}" for c in OPTION_LETTERS for v in OPTION_RANGE)
+    tok.train_from_iterator(corpus + [numbers, options] * 50, trainer)
+    wanted = [f" {v}" for v in NUMBER_RANGE] + [f"{c}. {v}" for c in OPTION_LETTERS for v in OPTION_RANGE]
+    split = [w for w in wanted if len(tok.encode(w).ids) != 1]
+    if split:
+        raise RuntimeError(f"vocab too small: {len(split)} numbers/options are not single tokens")
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
@@ -208,6 +229,52 @@ class ExampleStream:
         return self.queue.pop()
 
 
+# ------------------------------------------------------------------------------- number init
+
+NUMBER_PERIODS = (2, 3, 5, 7, 10, 20, 50, 100, 200, 400)
+
+
+def number_features(v: int) -> list[float]:
+    """Magnitude, sign and Fourier features of an integer (a 'number line' for initialisation)."""
+    feats = [v / 100.0, 1.0 if v < 0 else -1.0]
+    for period in NUMBER_PERIODS:
+        feats += [math.sin(2 * math.pi * v / period), math.cos(2 * math.pi * v / period)]
+    return feats
+
+
+@torch.no_grad()
+def init_number_embeddings(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, scale: float) -> None:
+    """Write number features into the first dims of each integer token's input/output embedding.
+
+    A pure initialisation choice (the architecture stays a plain Llama): it gives the model an
+    ordered, additive representation of the integers from step 0, which makes sorting,
+    comparison and small arithmetic learnable within the CPU budget.
+    """
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    n_feat = len(number_features(0))
+
+    def token_id(text: str) -> int | None:
+        ids = tok.encode(text, add_special_tokens=False)
+        return ids[0] if len(ids) == 1 else None
+
+    for v in NUMBER_RANGE:
+        if (i := token_id(f" {v}")) is not None:
+            f = torch.tensor(number_features(v))
+            emb[i, :n_feat] = f * scale
+            head[i, :n_feat] = f * scale
+    # Option tokens "B. 45": the value's features plus a one-hot label that the answer " B" reads.
+    for k, c in enumerate(OPTION_LETTERS):
+        if (i := token_id(f" {c}")) is not None:
+            head[i, : n_feat + len(OPTION_LETTERS)] = 0.0
+            head[i, n_feat + k] = scale
+        for v in OPTION_RANGE:
+            if (i := token_id(f"{c}. {v}")) is not None:
+                emb[i, :n_feat] = torch.tensor(number_features(v)) * scale
+                emb[i, n_feat : n_feat + len(OPTION_LETTERS)] = 0.0
+                emb[i, n_feat + k] = scale
+
+
 # ------------------------------------------------------------------------------------ evaluate
 
 
@@ -220,11 +287,13 @@ def evaluate_accuracy(
     seed: int,
     with_definition: bool = False,
     batch_size: int = 50,
+    verbose: bool = False,
 ) -> dict[str, float]:
     """Held-out (split "test") greedy exact-match accuracy per task with plain ``generate``."""
     model.eval()
     tok.padding_side = "left"
     acc: dict[str, float] = {}
+    samples: dict[str, str] = {}
     for name in tasks:
         spec = TASKS[name]
         items = spec.load(n=n, seed=seed, split="test")
@@ -243,8 +312,12 @@ def evaluate_accuracy(
             texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for it, text in zip(chunk, texts, strict=True):
                 correct += parse_answer(text, spec.answer_type) == it.gold
+            samples.setdefault(name, f"{chunk[0].gold!r} <- {texts[0]!r}")
         acc[name] = correct / len(items)
     model.train()
+    if verbose:
+        for name, sample in samples.items():
+            tqdm.write(f"  {name}: {sample}")
     return acc
 
 
@@ -259,12 +332,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
-    p.add_argument("--warmup", type=int, default=150)
+    p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--intermediate", type=int, default=768)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--vocab-size", type=int, default=640)
+    p.add_argument("--vocab-size", type=int, default=1600)
+    p.add_argument("--number-init", type=float, default=0.5, help="scale of number-feature init (0: off)")
+    p.add_argument("--weights", default="", help="override task sampling weights: name=w,name=w")
     p.add_argument("--pool-size", type=int, default=40000, help="max unique train items per task")
     p.add_argument("--eval-n", type=int, default=100)
     p.add_argument("--eval-seed", type=int, default=1234)
@@ -273,6 +348,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="do not save the model (experiments)")
     return p.parse_args(argv)
+
+
+def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged over each example's completion, then over the batch.
+
+    Per-example normalisation keeps one-token answers (multiple choice) from being drowned by
+    long sorted lists.
+    """
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    tok_loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(labels.shape)
+    mask = (labels != -100).float()
+    return ((tok_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
@@ -293,6 +382,7 @@ def write_report(
     acc_def: dict[str, float],
     vocab: int,
     final_loss: float,
+    weights: dict[str, float],
 ) -> None:
     """TRAINING.md next to the weights."""
     rows = "\n".join(
@@ -308,13 +398,19 @@ Trained by `scripts/train_embedded.py` on the `train` split of the synthetic tas
 - seed: {args.seed}
 - steps: {args.steps} (batch {args.batch_size}, AdamW lr {args.lr:g}, warmup {args.warmup}, cosine to
   {args.min_lr_ratio:g}x, weight decay {args.weight_decay:g}), final train loss {final_loss:.4f}
-- training tasks and sampling weights: {", ".join(f"{n} ({DEFAULT_WEIGHTS[n]:g})" for n in TRAINING_TASKS)}
+- training tasks and sampling weights: {", ".join(f"{n} ({weights[n]:g})" for n in TRAINING_TASKS)}
 - architecture: LlamaForCausalLM, hidden {config.hidden_size}, intermediate {config.intermediate_size},
   {config.num_hidden_layers} layers, {config.num_attention_heads} attention heads /
   {config.num_key_value_heads} KV heads (head dim {config.hidden_size // config.num_attention_heads}),
   max positions {config.max_position_embeddings}, untied embeddings, float32 weights
-- tokenizer: byte-level BPE, {vocab} tokens, digits split individually (a digit may carry its leading
-  space), '-' and other punctuation never merged; `<s>` prepended by the tokenizer
+- tokenizer: byte-level BPE, {vocab} tokens; every integer in {NUMBER_RANGE.start}..{NUMBER_RANGE.stop - 1} with its
+  leading space (" 12", " -3") is one token, other numbers/text fall back to BPE pieces; template
+  words are single tokens; a multiple-choice option "B. 45" (letter A-D, integer 0..99) is one
+  token; `<s>` is prepended by the tokenizer; `padding_side` left
+- initialisation: integer tokens' input and output embeddings start with number features
+  (value/100, sign, sin/cos at periods {", ".join(map(str, NUMBER_PERIODS))}) x {args.number_init:g};
+  option tokens get their value's features plus a one-hot label read by the answer tokens " A".." D"
+- loss: cross-entropy on the completion tokens only, averaged per example, then per batch
 - parameters: {n_params:,}
 - training wall-clock: {train_s / 60:.1f} min on a 2-core CPU (torch threads {args.threads})
 
@@ -343,10 +439,15 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(args.seed)
 
     # Training pools: train split only (the loaders guarantee it), seeds derived from --seed.
-    per_task = {n: w / sum(DEFAULT_WEIGHTS.values()) for n, w in DEFAULT_WEIGHTS.items()}
+    weights = dict(DEFAULT_WEIGHTS)
+    for spec in filter(None, args.weights.split(",")):
+        name, w = spec.split("=")
+        weights[name] = float(w)
+    train_tasks = tuple(n for n in TRAINING_TASKS if weights[n] > 0)
+    per_task = {n: weights[n] / sum(weights.values()) for n in TRAINING_TASKS}
     pools = {
         name: TASKS[name].load(
-            n=min(args.pool_size, int(args.steps * args.batch_size * per_task[name]) + 100),
+            n=min(args.pool_size, int(args.steps * args.batch_size * per_task[name]) + 2000),
             seed=10_000 + args.seed,
             split="train",
         )
@@ -373,6 +474,8 @@ def main(argv: list[str] | None = None) -> None:
         initializer_range=0.02,
     )
     model = LlamaForCausalLM(config)
+    if args.number_init:
+        init_number_embeddings(model, tok, args.number_init)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"vocab {len(tok)}, params {n_params:,}", flush=True)
 
@@ -383,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         lr=args.lr,
         betas=(0.9, 0.98),
     )
-    stream = ExampleStream(tok, pools, DEFAULT_WEIGHTS, args.batch_size, rng)
+    stream = ExampleStream(tok, {n: pools[n] for n in train_tasks}, weights, args.batch_size, rng)
 
     model.train()
     t0 = time.time()
@@ -393,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         ids, labels, mask = stream.next()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = example_mean_loss(model(input_ids=ids, attention_mask=mask).logits, labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -401,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr_at(step, args):.2e}")
         if args.monitor_every and (step + 1) % args.monitor_every == 0 and step + 1 < args.steps:
-            acc = evaluate_accuracy(model, tok, TRAINING_TASKS, args.monitor_n, seed=4321)
+            acc = evaluate_accuracy(model, tok, train_tasks, args.monitor_n, seed=4321, verbose=True)
             tqdm.write(f"step {step + 1} loss {ema:.4f} " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
     train_s = time.time() - t0
 
@@ -423,7 +526,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     model.save_pretrained(args.out, safe_serialization=True)
     tok.save_pretrained(args.out)
-    write_report(args, argv, config, n_params, train_s, acc, acc_def, len(tok), ema or float("nan"))
+    write_report(args, argv, config, n_params, train_s, acc, acc_def, len(tok), ema or float("nan"), weights)
     print(f"saved to {args.out}")
 
 

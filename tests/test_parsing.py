@@ -17,7 +17,8 @@ from evaluate.tasks import TASKS, Item, load_builtin_tasks
         ("The answer is $1,200.", "1200", "answer_is", True),
         ("She has 3 apples, then 5, so maybe 8 or 9", "9", "last_number", False),
         ("Question: Tom has 12 apples... Question: Tom has 12 apples", "12", "last_number", False),
-        ("I don't know", None, "none", False),
+        ("I have no idea", None, "none", False),
+        ("I don't know", "None", "no_answer_phrase", False),  # GSM-Plus critical thinking counts it
         ("The answer is -0.50", "-1/2", "answer_is", True),
     ],
 )

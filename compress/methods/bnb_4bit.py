@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from compress.methods._checkpoint import dense_checkpoint
+from compress.methods._quant import QuantParams, check_bits
+from compress.methods.bnb_int8 import bnb_skip_modules
 from compress.models import load_model, torch_dtype
-from compress.registry import MethodParams, MethodSpec, StepContext, register_method
+from compress.registry import MethodSpec, StepContext, register_method
 
 
-class Bnb4bitParams(MethodParams):
+class Bnb4bitParams(QuantParams):
+    override_hint = "bitsandbytes quantizes every layer alike; use skip: true, or gptq/rtn for mixed widths"
+
+    bits: int = Field(4, description="always 4 (bitsandbytes 4-bit); 8 bits is bnb_int8")
     quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
+    double_quant: bool = Field(True, description="quantize the absmax scales too (~0.37 bits/param saved)")
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    skip_modules: list[str] = Field(default_factory=lambda: ["lm_head"])
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int) -> int:
+        return check_bits(v, (4,), "bnb_4bit", "use bnb_int8 for 8 bits, or gptq/rtn for other widths")
 
 
 def apply(model: Any, params: Bnb4bitParams, ctx: StepContext) -> Any:
@@ -27,7 +36,7 @@ def apply(model: Any, params: Bnb4bitParams, ctx: StepContext) -> Any:
         bnb_4bit_quant_type=params.quant_type,
         bnb_4bit_use_double_quant=params.double_quant,
         bnb_4bit_compute_dtype=torch_dtype(params.compute_dtype),
-        llm_int8_skip_modules=params.skip_modules,
+        llm_int8_skip_modules=bnb_skip_modules(params),
     )
     return load_model(str(source), ctx.dtype, ctx.device, ctx.trust_remote_code, quantization_config=config)
 

@@ -7,13 +7,21 @@ from typing import Any
 from pydantic import Field
 
 from compress.methods._checkpoint import dense_checkpoint
+from compress.methods._quant import QuantParams
 from compress.models import load_model
-from compress.registry import MethodParams, MethodSpec, StepContext, register_method
+from compress.registry import MethodSpec, StepContext, register_method
 
 
-class BnbInt8Params(MethodParams):
+def bnb_skip_modules(params: QuantParams) -> list[str]:
+    """transformers matches llm_int8_skip_modules with re.match / endswith: a 're:' pattern is passed
+    on as its regex, an exact module name as itself."""
+    return [p[3:] if p.startswith("re:") else p for p in params.skipped_patterns()]
+
+
+class BnbInt8Params(QuantParams):
+    override_hint = "bitsandbytes quantizes every layer alike; use skip: true, or gptq/rtn for mixed widths"
+
     threshold: float = Field(6.0, ge=0, description="outlier threshold; 0 disables the fp16 outlier path")
-    skip_modules: list[str] = Field(default_factory=lambda: ["lm_head"])
 
 
 def apply(model: Any, params: BnbInt8Params, ctx: StepContext) -> Any:
@@ -23,7 +31,7 @@ def apply(model: Any, params: BnbInt8Params, ctx: StepContext) -> Any:
     config = BitsAndBytesConfig(
         load_in_8bit=True,
         llm_int8_threshold=params.threshold,
-        llm_int8_skip_modules=params.skip_modules,
+        llm_int8_skip_modules=bnb_skip_modules(params),
     )
     return load_model(str(source), ctx.dtype, ctx.device, ctx.trust_remote_code, quantization_config=config)
 

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.methods._llmc import WeightQuantParams, run_oneshot
+from compress.methods._llmc import WeightQuantParams, check_disjoint, run_oneshot
 from compress.registry import MethodSpec, StepContext, register_method
 
 
 def apply(model: Any, params: WeightQuantParams, ctx: StepContext) -> Any:
     from llmcompressor.modifiers.quantization import QuantizationModifier
 
-    modifier = QuantizationModifier(config_groups={"group_0": params.scheme()}, ignore=params.ignore)
+    check_disjoint(model, params)
+    modifier = QuantizationModifier(config_groups=params.config_groups(), ignore=params.ignore_list())
     return run_oneshot(model, [modifier], ctx, calibrate=False)
 
 
 register_method(
     MethodSpec(
         name="rtn",
-        description="round-to-nearest W4/W8 weights (llm-compressor, compressed-tensors format)",
+        description="round-to-nearest W4A16/W8A16 weights, per-group or per-channel (llm-compressor, "
+                    "compressed-tensors format)",
         kind="quantize",
         params=WeightQuantParams,
         apply=apply,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-AnswerType = Literal["number", "list", "letter", "text"]
+AnswerType = Literal["number", "list", "letter", "text", "math"]  # math: a LaTeX expression (MATH)
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,13 @@ class TaskSpec:
     family: str = ""  # groups tasks in reports (sorting, math, multiple_choice, sni, ...)
     metric: str = "accuracy"
     offline: bool = True  # True when items can be produced with no network and no data_dir
+    breakdown: tuple[str, ...] = ()  # meta keys reported per value: metrics["by_<key>"] = {value: accuracy}
+    # a task that owns its prompt layout: render(item, prompt_config, exemplars) -> prompt text
+    render: Callable[[Item, Any, list[Item]], str] | None = None
+    # per-item shots (e.g. SNI's Positive Examples of the item's own task file): exemplars(item, k, data_dir);
+    # None = k seeded shots drawn once from the task's train split and shared by every item
+    exemplars: Callable[[Item, int, str | None], list[Item]] | None = None
+    needs_data_dir: str = ""  # non-empty: the task reads local files; the message says what data_dir must hold
 
 
 TASKS: dict[str, TaskSpec] = {}

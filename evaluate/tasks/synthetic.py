@@ -12,7 +12,7 @@ Ranges (chosen for learnability by a tiny model and documented here):
 
 * sorting: *distinct* integers (drawn without replacement); positive tasks use 0..99,
   mixed-sign tasks use -99..99.
-* synth_arith: 2-3 operations (+, -, and x2 / x3), start value 2..20, operands 1..15,
+* synth_arith: 2-3 operations (+, -, and x2 / x3), start value 2..20, operands 1..10,
   every intermediate result stays within 0..99.
 * synth_mc: option values 0..99 (sums up to 99), gold letters balanced within one.
 """
@@ -152,14 +152,14 @@ def _arith_ops(rng: random.Random, start: int) -> list[tuple[str, int]] | None:
         choices = ["+", "-"] + (["*"] if value <= 33 and not any(o == "*" for o, _ in ops) else [])
         op = rng.choice(choices)
         if op == "+":
-            b = rng.randint(1, min(15, 99 - value)) if value < 99 else 0
+            b = rng.randint(1, min(10, 99 - value)) if value < 99 else 0
             if b == 0:
                 return None
             value += b
         elif op == "-":
             if value < 1:
                 return None
-            b = rng.randint(1, min(15, value))
+            b = rng.randint(1, min(10, value))
             value -= b
         else:
             b = 2 if value > 24 else rng.choice((2, 3))
@@ -256,6 +256,9 @@ def _mc_options(rng: random.Random, template: int) -> tuple[str, int, list[int]]
             return None
         near = [v for v in range(correct - 10, correct + 11) if 0 <= v <= 99 and v != correct]
         return f"Which number equals {a} + {b}?", correct, rng.sample(near, 3)
+    if template == 6:  # which option shows a given number (a pure look-up)
+        nums = rng.sample(range(100), 4)
+        return f"Which option shows the number {nums[0]}?", nums[0], nums[1:]
     # template 5: comes right after N
     m = rng.randint(0, 98)
     correct = m + 1
@@ -266,7 +269,7 @@ def _mc_options(rng: random.Random, template: int) -> tuple[str, int, list[int]]
 
 
 def _make_mc(rng: random.Random, gold_counts: Counter[str]) -> Item | None:
-    spec = _mc_options(rng, rng.randint(0, 5))
+    spec = _mc_options(rng, rng.randint(0, 6))
     if spec is None:
         return None
     head, correct, others = spec
@@ -288,7 +291,10 @@ def load_synth_mc(n: int, seed: int, split: str = "test", data_dir: str | Path |
 register_task(
     TaskSpec(
         name="synth_mc",
-        description="Four-option questions about small integers (largest, smallest, even, odd, sum, successor).",
+        description=(
+            "Four-option questions about small integers"
+            " (largest, smallest, even, odd, sum, successor, look-up)."
+        ),
         answer_type="letter",
         load=load_synth_mc,
         definition=MC_DEFINITION,

@@ -1,0 +1,146 @@
+"""Evaluation throughput: slimlab vs lm-evaluation-harness (HF backend), same model, prompts, decoding.
+
+Both run as whole processes (start-up included) on the same frozen prompts with greedy decoding,
+the same stop string and max-new-tokens; outputs are compared item by item. lm-evaluation-harness
+installs Hugging Face's `evaluate`, whose import name clashes with slimlab's `evaluate/` package,
+so it gets a virtualenv of its own (created on first use) and is driven from outside.
+
+    python benchmarks/eval_speed.py --task sort16_mixed --n 200 --batch-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LMEVAL_VENV = ROOT / "benchmarks" / ".venv-lmeval"
+LMEVAL_PINS = ["torch==2.13.0", "lm_eval[hf]==0.4.13", "transformers>=5.15,<=5.17"]
+
+TASK_YAML = """\
+task: slimlab_bench
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{gold}}}}"
+target_delimiter: ""
+generation_kwargs:
+  until: {until}
+  do_sample: false
+  max_gen_toks: {max_new_tokens}
+metric_list:
+  - metric: exact_match
+"""
+
+
+def ensure_lmeval_venv() -> Path:
+    python = LMEVAL_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(LMEVAL_VENV)], check=True)
+        for pin in (LMEVAL_PINS[:1], LMEVAL_PINS[1:]):
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *pin], check=True)
+    return python
+
+
+def frozen_prompts(task: str, n: int, seed: int, work: Path) -> tuple[Path, list[dict], int]:
+    from evaluate.harness import build_prompt_set
+    from evaluate.prompts import PromptConfig
+
+    pset = build_prompt_set(task, task, n, seed, PromptConfig())
+    rows = [{"id": it.id, "prompt": p, "gold": it.gold} for it, p in zip(pset.items, pset.prompts, strict=True)]
+    path = work / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, rows, pset.task.max_new_tokens
+
+
+def timed(cmd: list[str], env: dict | None = None) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed:\n{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="embedded:tiny-reasoner")
+    p.add_argument("--task", default="sort16_mixed")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="/tmp/slimlab-eval-speed")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_speed_cpu"))
+    a = p.parse_args()
+
+    from compress.models import resolve_model_source
+
+    model_dir = resolve_model_source(a.model).location
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data, rows, max_new = frozen_prompts(a.task, a.n, a.seed, work)
+    task_dir = work / "lmeval_task"
+    task_dir.mkdir(exist_ok=True)
+    (task_dir / "slimlab_bench.yaml").write_text(
+        TASK_YAML.format(data=data, until=json.dumps(["\n"]), max_new_tokens=max_new))
+    lm_python = ensure_lmeval_venv()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    compress_bin = str(Path(sys.executable).parent / "compress")
+
+    times: dict[str, list[float]] = {"slimlab": [], "lm-eval": []}
+    for r in range(a.repeats):
+        out_s, out_l = work / f"slimlab-{r}", work / f"lmeval-{r}"
+        subprocess.run(["rm", "-rf", str(out_s), str(out_l)], check=True)
+        times["slimlab"].append(timed([compress_bin, "eval", model_dir, "--task", a.task, "--n", str(a.n),
+                                       "--seed", str(a.seed), "--batch-size", str(a.batch_size),
+                                       "--out", str(out_s)], env))
+        times["lm-eval"].append(timed([str(lm_python), "-m", "lm_eval", "--model", "hf", "--model_args",
+                                       f"pretrained={model_dir},dtype=float32", "--tasks", "slimlab_bench",
+                                       "--include_path", str(task_dir), "--device", "cpu", "--batch_size",
+                                       str(a.batch_size), "--log_samples", "--output_path", str(out_l)], env))
+
+    ours = {json.loads(x)["id"]: json.loads(x)["output"]
+            for x in (work / "slimlab-0" / "samples" / "baseline" / f"{a.task}.jsonl").read_text().splitlines()}
+    lm_file = next((work / "lmeval-0").rglob("samples_slimlab_bench*.jsonl"))
+    theirs = {}
+    for line in lm_file.read_text().splitlines():
+        rec = json.loads(line)
+        theirs[rec["doc"]["id"]] = rec["resps"][0][0]
+    same = sum(ours[i] == theirs.get(i) for i in ours)
+    same_stripped = sum(ours[i].strip() == (theirs.get(i) or "").strip() for i in ours)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "task": a.task, "n": a.n, "batch_size": a.batch_size, "model": a.model, "repeats": a.repeats,
+        "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        "seconds": times, "median_seconds": med,
+        "items_per_s": {k: a.n / v for k, v in med.items()},
+        "speedup": med["lm-eval"] / med["slimlab"],
+        "identical_outputs": same, "identical_after_strip": same_stripped, "compared": len(ours),
+    }
+    Path(a.out + ".json").write_text(json.dumps(result, indent=2))
+    md = [f"# Evaluation throughput: slimlab vs lm-evaluation-harness ({result['device']})", "",
+          f"Task `{a.task}`, {a.n} items, model `{a.model}`, greedy, stop at newline, max {max_new} new tokens, "
+          f"batch size {a.batch_size}; whole process wall-clock, median of {a.repeats}.", "",
+          "| harness | median s | items/s |", "|---|---|---|"]
+    md += [f"| {k} | {med[k]:.1f} | {result['items_per_s'][k]:.2f} |" for k in med]
+    md += ["", f"Speed-up: **{result['speedup']:.2f}x**. Identical outputs item by item: {same}/{len(ours)} "
+           f"({same_stripped}/{len(ours)} after stripping whitespace).", "",
+           "Reproduce: `python benchmarks/eval_speed.py " + " ".join(sys.argv[1:]) + "`", ""]
+    Path(a.out + ".md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""`compress profile MODEL_OR_CONFIG`: memory and speed of one model and its quantized variants, with
+no study around it. Given only an architecture (a shipped config such as `qwen2.5-0.5b-instruct`, a
+config.json, or a directory holding one without weights) it builds random weights of the real shape,
+so a real-size model can be measured without downloading it; accuracy is then not reported.
+
+Each variant goes the way the study runner takes it: built, saved, then loaded and profiled in a
+fresh process (evaluate.profiling), so its load and generation peaks are its own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class ProfileTargetError(ValueError):
+    pass
+
+
+def shipped_configs() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.json"))}
+
+
+@dataclass(frozen=True)
+class Target:
+    ref: str
+    kind: str  # "config" (random weights of the real shape) or "model" (real weights)
+    location: str  # the config.json path, or the model's directory / hub id
+
+
+def resolve_target(ref: str) -> Target:
+    """A shipped config name (with or without 'config:' and '-instruct'), a config .json, a directory with
+    config.json but no weights, or any model reference the study accepts."""
+    from compress.models import ModelSourceError, resolve_model_source
+
+    name = ref.removeprefix("config:").lower()
+    configs = shipped_configs()
+    for candidate in (name, f"{name}-instruct"):
+        if candidate in configs:
+            return Target(ref, "config", str(configs[candidate]))
+    if ref.startswith("config:"):
+        raise ProfileTargetError(f"no shipped config {name!r}; shipped: {', '.join(configs)}")
+    path = Path(ref).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        return Target(ref, "config", str(path.resolve()))
+    if path.is_dir() and (path / "config.json").exists() and not any(
+            p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+        return Target(ref, "config", str((path / "config.json").resolve()))
+    try:
+        source = resolve_model_source(ref)
+    except ModelSourceError as exc:
+        raise ProfileTargetError(f"{exc}; or a shipped config: {', '.join(configs)}") from exc
+    return Target(ref, "model", source.location)
+
+
+def config_meta(config_path: str) -> dict:
+    data = json.loads(Path(config_path).read_text())
+    return data.get("_slimlab", {})
+
+
+def build_random_checkpoint(config_path: str, dtype: str, out_dir: Path, seed: int = 0) -> int:
+    """Random weights of the config's shape, saved as a checkpoint; returns the parameter count
+    (tied weights counted once, as torch's parameters() does)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from compress.models import torch_dtype
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(config_path, out_dir / "config.json")
+    config = AutoConfig.from_pretrained(out_dir)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out_dir)
+    del model
+    return n_params
+
+
+def count_parameters(config_path: str) -> int:
+    """Parameters of the architecture, counted on the meta device (no memory used)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(config_path, Path(tmp) / "config.json")
+        config = AutoConfig.from_pretrained(tmp)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_fits(n_params: int, dtype: str, device: str) -> None:
+    """Refuse early, with the numbers, a model this machine cannot hold: loading peaks at about 1.5x the
+    weights on CPU (measured: 2.76 GiB for the 1.84 GiB Qwen2.5-0.5B fp32), plus ~1 GiB of runtime."""
+    import psutil
+
+    need = 1.5 * n_params * DTYPE_BYTES[dtype] + 2**30
+    if device.startswith("cuda"):
+        import torch
+
+        have = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        where = "GPU memory"
+        need = n_params * DTYPE_BYTES[dtype] * 1.2 + 2**30
+    else:
+        have = psutil.virtual_memory().available
+        where = "available RAM"
+    if need > have:
+        smaller = " or --dtype bfloat16" if dtype == "float32" else ""
+        raise ProfileTargetError(f"{n_params / 1e9:.2f}B parameters in {dtype} need about {need / 2**30:.1f} GiB; "
+                                 f"{where} is {have / 2**30:.1f} GiB: choose a smaller config{smaller}")
+
+
+def build_variant(method: str, source_dir: str, dtype: str, device: str, out_dir: Path) -> Path:
+    """Apply one registered method (defaults for every parameter) to the model at `source_dir` and save it."""
+    from compress.calibration import calibration_provider
+    from compress.models import load_model, load_tokenizer
+    from compress.registry import StepContext, load_builtin_methods
+
+    spec = load_builtin_methods()[method]
+    params = spec.params.model_validate({})
+    work = out_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    # a random-weights checkpoint has no tokenizer: methods that need one (calibration) fail and say so
+    has_tokenizer = not Path(source_dir).is_dir() or (Path(source_dir) / "tokenizer_config.json").exists()
+    tokenizer = load_tokenizer(source_dir) if has_tokenizer else None
+    ctx = StepContext(tokenizer=tokenizer, source_dir=Path(source_dir), workdir=work, device=device, dtype=dtype,
+                      calibration=calibration_provider("synthetic", 0) if tokenizer is not None else None,
+                      extras={"pristine": True})
+    model = spec.apply(load_model(source_dir, dtype, device), params, ctx)
+    model.save_pretrained(out_dir / "model")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir / "model")
+    shutil.rmtree(work, ignore_errors=True)
+    del model
+    return out_dir / "model"
+
+
+def _weights_on_disk(directory: Path) -> int | None:
+    if not directory.is_dir():
+        return None
+    return sum(p.stat().st_size for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES) or None
+
+
+def check_methods(names: list[str], device: str) -> dict[str, str]:
+    """Unknown methods are errors; CUDA-only methods on a CPU run are skipped with their reason."""
+    from compress.recipe import _suggest
+    from compress.registry import load_builtin_methods
+
+    methods = load_builtin_methods()
+    skipped = {}
+    for name in names:
+        if name not in methods:
+            raise ProfileTargetError(f"--quantize {name!r}: no such method; " + _suggest(name, list(methods)))
+        if methods[name].needs_cuda and not device.startswith("cuda"):
+            skipped[name] = f"method {name!r} needs a CUDA GPU; --device is {device!r}"
+    return skipped
+
+
+def profile_target(ref: str, dtype: str = "float32", device: str = "cpu", quantize: tuple[str, ...] = (),
+                   config: Any = None, workdir: Path | None = None, log: Any = print) -> dict:
+    """Profile the dense model and each quantized variant; returns one JSON-ready dict."""
+    from evaluate.profiling import ProfileConfig, host_description, profile_in_subprocess
+
+    config = config or ProfileConfig()
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ProfileTargetError(f"--device {device}: no CUDA device is visible here; use --device cpu")
+    target = resolve_target(ref)
+    skipped = check_methods(list(quantize), device)
+    own_tmp = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="slimlab-profile-")) if own_tmp else Path(workdir)
+    result: dict[str, Any] = {"target": ref, "kind": target.kind, "dtype": dtype, "device_requested": device,
+                              "host": host_description(), "settings": config.__dict__ | {"batch_sizes":
+                                                                                          list(config.batch_sizes)},
+                              "variants": []}
+    try:
+        if target.kind == "config":
+            meta = config_meta(target.location)
+            check_fits(count_parameters(target.location), dtype, device)
+            log(f"building random weights of {ref} ({dtype})")
+            dense = work / "dense"
+            n_params = build_random_checkpoint(target.location, dtype, dense)
+            result.update(weights="random (architecture config only): accuracy not measured",
+                          shape_of=meta.get("shape_of"), published_parameters=meta.get("published_parameters"),
+                          config=target.location)
+            source = str(dense)
+        else:
+            source, n_params = target.location, None
+            result["weights"] = "real"
+        runs: list[tuple[str, str | None, str]] = [(f"dense {dtype}", None, source)]
+        for method in quantize:
+            if method in skipped:
+                result["variants"].append({"variant": method, "method": method, "status": "skipped",
+                                           "reason": skipped[method]})
+                continue
+            runs.append((method, method, ""))
+        for label, method, location in runs:
+            try:
+                if method is not None:
+                    log(f"building {method} from {source}")
+                    location = str(build_variant(method, source, dtype, device, work / method))
+                log(f"profiling {label}")
+                prof = profile_in_subprocess(location, dtype, device, config)
+            except Exception as exc:  # one variant failing must not lose the others' numbers
+                result["variants"].append({"variant": label, "method": method, "status": "failed",
+                                           "reason": f"{type(exc).__name__}: {exc}"[:1500]})
+                continue
+            if n_params is None:
+                n_params = prof["footprint"]["n_params"]
+            entry = {"variant": label, "method": method, "status": "ok", "profile": prof,
+                     "disk_bytes": _weights_on_disk(Path(location))}
+            result["variants"].append(entry)
+        result["n_params"] = n_params
+        expected = n_params * DTYPE_BYTES[dtype] if n_params else None
+        result["expected_dense_bytes"] = expected
+        for entry in result["variants"]:
+            if entry.get("status") == "ok" and expected:
+                entry["weight_bytes_vs_params_x_dtype"] = entry["profile"]["footprint"]["weight_bytes"] / expected
+    finally:
+        if own_tmp:
+            shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _mib(x: int | None) -> str:
+    return "—" if x is None else f"{x / 2**20:,.1f}"
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def render_profile_markdown(result: dict) -> str:
+    """A person's view of a profile result: one memory row per variant, one latency row per batch size."""
+    host = result.get("host", {})
+    out = [f"# Profile: {result['target']} ({result['dtype']}, {result['device_requested']})", ""]
+    out.append(f"- weights: {result.get('weights')}")
+    if result.get("shape_of"):
+        out.append(f"- shape of `{result['shape_of']}` (published parameters "
+                   f"{result.get('published_parameters'):,}); parameters built: {result.get('n_params'):,}")
+    if result.get("expected_dense_bytes"):
+        out.append(f"- parameters x dtype size: {_mib(result['expected_dense_bytes'])} MiB")
+    out.append(f"- host: {host.get('cpu')}, {host.get('cpu_cores')} cores, torch {host.get('torch')}"
+               + (f", GPU {host['gpu']}" if host.get("gpu") else ", no GPU"))
+    s = result.get("settings", {})
+    out.append(f"- prompt {s.get('prompt_tokens')} tokens, {s.get('new_tokens')} new tokens, warm-up "
+               f"{s.get('warmup')}, median of {s.get('repeats')} repeats; ms/token = (median end-to-end - median "
+               "TTFT) / (new tokens - 1); in-run ms/token = median over repeats of the decode steps' mean within one "
+               "generate (the two part when other work shares the machine)")
+    if host.get("load_avg_1m") is not None:
+        out.append(f"- machine load (1-min average) when the run started: {host['load_avg_1m']:.1f} on "
+                   f"{host.get('cpu_cores')} cores")
+    out += ["", "## Memory", "",
+            "| variant | weights in memory (MiB) | vs params x dtype | bits/param | disk (MiB) | load (s) | "
+            "load peak RSS (MiB) | CUDA load peak (MiB) | backend |", "|---|---|---|---|---|---|---|---|---|"]
+    for v in result["variants"]:
+        if v.get("status") != "ok":
+            continue
+        p, fp = v["profile"], v["profile"]["footprint"]
+        ratio = v.get("weight_bytes_vs_params_x_dtype")
+        out.append(f"| {v['variant']} | {_mib(fp['weight_bytes'])} | {'—' if ratio is None else f'{ratio:.3f}'} | "
+                   f"{fp['bits_per_param']:.2f} | {_mib(v.get('disk_bytes'))} | {p['load_s']:.2f} | "
+                   f"{_mib(p.get('load_peak_rss_bytes'))} | {_mib(p.get('cuda_load_max_memory_allocated'))} | "
+                   f"{fp['backend']} |")
+    out += ["", "## Generation", "",
+            "| variant | batch | TTFT (ms) | end-to-end (ms) | ms/token | in-run ms/token | p50 / p90 (ms) | tokens/s "
+            "| KV cache (MiB) | generation peak RSS (MiB) | CUDA peak alloc / reserved (MiB) | kernel |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in result["variants"]:
+        if v.get("status") != "ok":
+            continue
+        for r in v["profile"]["batches"]:
+            cuda = "—" if "cuda_max_memory_allocated" not in r else \
+                f"{_mib(r['cuda_max_memory_allocated'])} / {_mib(r['cuda_max_memory_reserved'])}"
+            out.append(f"| {v['variant']} | {r['batch_size']} | {r['ttft_ms']:.1f} | {r['end_to_end_ms']:.1f} | "
+                       f"{r['latency_ms_per_token']:.2f} | {_num(r.get('decode_ms_per_token_in_run'))} | "
+                       f"{r['per_token_p50_ms']:.2f} / {r['per_token_p90_ms']:.2f} | "
+                       f"{r['tokens_per_s']:.1f} | {_mib(r['kv_cache_bytes'])} | "
+                       f"{_mib(r.get('generation_peak_rss_bytes'))} | {cuda} | {r.get('kernel', '—')} |")
+    bad = [v for v in result["variants"] if v.get("status") != "ok"]
+    if bad:
+        out += ["", "## Not profiled", ""] + [f"- **{v['variant']}** ({v['status']}): {v['reason']}" for v in bad]
+    device = next((v["profile"]["device"] for v in result["variants"] if "profile" in v), "—")
+    out += ["", f"Device of every figure: {device}."]
+    return "\n".join(out) + "\n"
