@@ -286,7 +286,9 @@ def render_profile_markdown(result: dict) -> str:
                        f"{r['latency_ms_per_token']:.2f} | {_num(r.get('decode_ms_per_token_in_run'))} | "
                        f"{r['per_token_p50_ms']:.2f} / {r['per_token_p90_ms']:.2f} | "
                        f"{r['tokens_per_s']:.1f} | {_mib(r['kv_cache_bytes'])} | "
-                       f"{_mib(r.get('generation_peak_rss_bytes'))} | {cuda} | {r.get('kernel', '—')} |")
+                       f"{_mib(r.get('generation_peak_rss_bytes'))} | {cuda} | {r.get('kernel', '—')}"
+                       + (" **(process paused during timing: timings invalid)**" if r.get("paused_during_timing")
+                          else "") + " |")
     bad = [v for v in result["variants"] if v.get("status") != "ok"]
     if bad:
         out += ["", "## Not profiled", ""] + [f"- **{v['variant']}** ({v['status']}): {v['reason']}" for v in bad]

@@ -55,6 +55,7 @@ class TaskEntry(Strict):
     chat_template: bool = False
     seed: int | None = None
     max_new_tokens: int | None = Field(None, ge=1, le=4096)
+    stop: list[str] | None = None  # stop strings; default: the task's own (a newline for most tasks)
     data_dir: str | None = None
     repeats: int = Field(1, ge=1, le=32)
 

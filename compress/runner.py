@@ -88,6 +88,7 @@ class Study:
             d = self.recipe.decoding
             decoding = DecodingConfig(
                 max_new_tokens=entry.max_new_tokens or pset.task.max_new_tokens,
+                stop=tuple(entry.stop) if entry.stop is not None else pset.task.stop,
                 do_sample=d.do_sample, temperature=d.temperature, top_p=d.top_p, seed=seed,
                 batch_size=d.batch_size,
             )

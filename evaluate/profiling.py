@@ -35,6 +35,22 @@ def _rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+_RESUMED = [0]  # SIGCONTs received: a process stopped and resumed mid-timing has no valid wall-clock figure
+
+
+def _count_resume(signum: int, frame: Any) -> None:
+    _RESUMED[0] += 1
+
+
+def watch_for_pauses() -> None:
+    """Count SIGCONT (sent when a stopped process is resumed, e.g. by a job-control script sharing the
+    machine), so rows timed across a pause say so instead of reporting the pause as latency."""
+    import signal
+
+    if hasattr(signal, "SIGCONT"):
+        signal.signal(signal.SIGCONT, _count_resume)
+
+
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
@@ -180,6 +196,7 @@ def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         rss_start = _rss_bytes()
+        resumed = _RESUMED[0]
         with RssSampler() as sampler:
             for _ in range(max(config.warmup, 1)):  # at least one untimed run carries the memory sampling
                 _timed_generate(model, inputs, config.new_tokens, cuda)
@@ -217,6 +234,7 @@ def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int
             "generation_rss_delta_bytes": sampler.peak - rss_start,
             "rss_samples": sampler.samples,
             "timer": "cuda events" if cuda else "perf_counter",
+            "paused_during_timing": _RESUMED[0] > resumed,  # True: the process was stopped; timings invalid
             **(labels or {}),
         }
         if cuda:
@@ -279,6 +297,7 @@ def profile_model_dir(location: str, dtype: str, device: str, config: ProfileCon
         **labels,
         "host": host,
         "load_avg_1m_after": host_description()["load_avg_1m"],  # other work on the machine during the run
+        "paused_during_run": _RESUMED[0] > 0,  # stopped and resumed at some point (load time invalid if so)
         "torch": torch.__version__,
     }
 
@@ -334,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
     a = p.parse_args(argv)
     torch.manual_seed(0)
+    watch_for_pauses()
     config = ProfileConfig(a.prompt_tokens, a.new_tokens, a.warmup, a.repeats,
                            tuple(int(b) for b in a.batch_sizes.split(",")))
     result = profile_model_dir(a.model, a.dtype, a.device, config, a.trust_remote_code)

@@ -29,7 +29,6 @@ import argparse
 import math
 import os
 import random
-import re
 import shlex
 import sys
 import time
@@ -60,6 +59,7 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
+from evaluate.scoring import score_output  # noqa: E402
 from evaluate.tasks.base import TASKS, Item  # noqa: E402
 from evaluate.tasks.synthetic import TRAINING_TASKS  # noqa: E402
 
@@ -102,21 +102,6 @@ def render_prompt(item: Item, definition: str = "", shots: tuple[Item, ...] = ()
     parts += [f"{ex.question}\nAnswer: {ex.target}" for ex in shots]
     parts.append(f"{item.question}\nAnswer:")
     return "\n\n".join(parts)
-
-
-def parse_answer(text: str, answer_type: str) -> str:
-    """The final answer in canonical form from a generated completion (first line only)."""
-    text = text.split("\n")[0].strip()
-    if answer_type == "number":
-        m = re.search(r"The answer is\s*(-?\d+)", text)
-        nums = re.findall(r"-?\d+", text)
-        return m.group(1) if m else (nums[-1] if nums else "")
-    if answer_type == "list":
-        return ", ".join(re.findall(r"-?\d+", text))
-    if answer_type == "letter":
-        m = re.match(r"\(?([A-D])\b", text)
-        return m.group(1) if m else ""
-    return text
 
 
 # ----------------------------------------------------------------------------------- tokenizer
@@ -311,7 +296,7 @@ def evaluate_accuracy(
             )
             texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for it, text in zip(chunk, texts, strict=True):
-                correct += parse_answer(text, spec.answer_type) == it.gold
+                correct += score_output(spec, it, text).correct  # the project's own answer parsing
             samples.setdefault(name, f"{chunk[0].gold!r} <- {texts[0]!r}")
         acc[name] = correct / len(items)
     model.train()
@@ -347,6 +332,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--monitor-n", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="do not save the model (experiments)")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="re-measure the saved model in --out and rewrite TRAINING.md's accuracy table")
     return p.parse_args(argv)
 
 
@@ -385,9 +372,7 @@ def write_report(
     weights: dict[str, float],
 ) -> None:
     """TRAINING.md next to the weights."""
-    rows = "\n".join(
-        f"| {name} | {acc[name]:.2f} | {acc_def[name]:.2f} |" for name in acc
-    )
+    rows = accuracy_table(acc, acc_def)
     cmd = "python scripts/train_embedded.py " + " ".join(shlex.quote(a) for a in argv)
     text = f"""# embedded:tiny-reasoner — training record
 
@@ -430,10 +415,29 @@ Trained by `scripts/train_embedded.py` on the `train` split of the synthetic tas
     (args.out / "TRAINING.md").write_text(text)
 
 
+def accuracy_table(acc: dict[str, float], acc_def: dict[str, float]) -> str:
+    return "\n".join(f"| {name} | {acc[name]:.2f} | {acc_def[name]:.2f} |" for name in acc)
+
+
+def reevaluate(args: argparse.Namespace) -> None:
+    """Held-out accuracy of the saved model, measured again; TRAINING.md's table is replaced."""
+    tok = PreTrainedTokenizerFast.from_pretrained(args.out)
+    model = LlamaForCausalLM.from_pretrained(args.out)
+    acc = evaluate_accuracy(model, tok, TRAINING_TASKS, args.eval_n, args.eval_seed)
+    acc_def = evaluate_accuracy(model, tok, TRAINING_TASKS, args.eval_n, args.eval_seed, with_definition=True)
+    report = args.out / "TRAINING.md"
+    head, sep, _ = report.read_text().partition("| task | zero-shot | zero-shot + definition |")
+    report.write_text(head + sep + "\n|---|---|---|\n" + accuracy_table(acc, acc_def) + "\n")
+    print(accuracy_table(acc, acc_def))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Build tokenizer and model, train, evaluate held-out accuracy, save."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.evaluate_only:
+        reevaluate(args)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)

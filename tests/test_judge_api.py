@@ -217,11 +217,8 @@ def test_validation_bad_url_missing_key_and_clashes(tmp_path, config_only_model,
 
 
 def tiny_model() -> str:
-    if (EMBEDDED_ROOT / "tiny-reasoner" / "config.json").exists():
-        return "embedded:tiny-reasoner"
-    if Path("/tmp/randmodel/config.json").exists():
-        return "/tmp/randmodel"
-    pytest.skip("no tiny model: neither embedded:tiny-reasoner nor /tmp/randmodel")
+    assert (EMBEDDED_ROOT / "tiny-reasoner" / "config.json").exists(), "the embedded model ships with the repo"
+    return "embedded:tiny-reasoner"
 
 
 def sloppy_style(prompt: str) -> int:  # which answer format the fake "calc-sloppy" model uses

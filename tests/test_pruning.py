@@ -361,3 +361,37 @@ def test_distill_trains_on_the_completion_tokens_only(tiny_dir):
     assert tok.decode(labels[1][labels[1] != -100]) == "abc"  # no prompt: the whole text
     # the position before each trained token predicts it
     assert batch["pred_mask"][0].tolist() == [int(x != -100) for x in labels[0][1:].tolist()] + [0]
+
+
+@pytest.mark.slow
+def test_study_prune_distill_chain_records_each_stage_and_the_table(tiny_dir, tmp_path):
+    from benchmarks.pruning_table import pruning_rows
+    from compress.ledger import Ledger
+    from compress.runner import Study
+
+    recipe = load_recipe(write_recipe(tmp_path, f"""\
+model: {{name: '{tiny_dir}'}}
+variants:
+  - name: wanda-2of4
+    eval_stages: true
+    steps: [{{method: wanda, pattern: '2:4', sparsity: 0.5}},
+            {{method: distill, steps: 4, batch_size: 4, n_samples: 8}}]
+  - name: depth
+    eval_stages: true
+    steps: [{{method: prune_depth, layers: [1]}}, {{method: distill, steps: 4, batch_size: 4, n_samples: 8}}]
+tasks: [{{name: sort8_positive, n: 4}}]
+decoding: {{batch_size: 4}}
+profile: {{prompt_tokens: 8, new_tokens: 4, repeats: 1, warmup: 0}}
+calibration: {{n_samples: 4, seq_len: 64}}
+"""))
+    Study(recipe, tmp_path / "out").run()
+    ledger = Ledger(tmp_path / "out" / "results.sqlite")
+    assert {(s["variant"], s["stage"], s["method"]) for s in ledger.stages()} == {
+        ("wanda-2of4", 0, "wanda"), ("depth", 0, "prune_depth")}
+    wanda = ledger.variant("wanda-2of4")
+    assert wanda["status"] == "ok" and wanda["footprint"]["sparsity"] == pytest.approx(0.5)
+    assert set(wanda["footprint"]["sparsity_per_layer"].values()) == {0.5}
+    assert "2:4 50% zeros (dense kernel, zeros not skipped)" in wanda["footprint"]["backend"]
+    rows = {r["variant"]: r for r in pruning_rows(ledger)}
+    assert rows["depth"]["ratio"] == "-1 of 4 layers" and rows["depth"]["params_vs_fp"] < 0.9
+    assert all(r["accuracy_before_recovery"] is not None and r["tokens_per_s"] > 0 for r in rows.values())

@@ -141,6 +141,23 @@ def test_fitting_settings_validate(tmp_path, tiny_model):
         _valid(tmp_path, tiny_model, step)
 
 
+# ------------------------------------------------------------------------------ calibration
+def test_calibration_size_comes_from_the_recipe_unless_the_step_overrides_it(tmp_path, tiny_model):
+    from compress.calibration import calibration_provider
+
+    text = STUDY.format(model=tiny_model, step="{method: gptq}") + "calibration: {n_samples: 7, seq_len: 99}\n"
+    recipe = load_recipe(write_recipe(tmp_path, text))
+    ctx = StepContext(tokenizer=None, source_dir=tiny_model, workdir=tmp_path, extras={"recipe": recipe})
+    gptq = METHODS["gptq"].params
+    assert gptq().calibration_size(ctx) == (7, 99)
+    assert gptq(n_samples=3, seq_len=16).calibration_size(ctx) == (3, 16)
+    local = tmp_path / "calib.jsonl"
+    local.write_text("".join(json.dumps({"text": f"sample {i}"}) + "\n" for i in range(10)))
+    texts = calibration_provider(str(local), seed=0)(4, 32)
+    assert len(texts) == 4 and all(t.startswith("sample ") for t in texts)
+    assert len(calibration_provider("synthetic", seed=0)(5, 64)) == 5
+
+
 # ----------------------------------------------------------------------- skipping with reasons
 def test_method_unavailable_here_is_skipped_with_its_reason(tmp_path, tiny_model):
     from compress.runner import SkipVariant, Study

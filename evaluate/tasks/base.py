@@ -31,6 +31,7 @@ class TaskSpec:
     load: Callable[..., list[Item]]  # load(n=, seed=, split=, data_dir=) -> items
     definition: str = ""  # the instruction shown when a prompt style asks for one
     max_new_tokens: int = 64
+    stop: tuple[str, ...] = ("\n",)  # generation ends at the first of these (EOS always ends it)
     family: str = ""  # groups tasks in reports (sorting, math, multiple_choice, sni, ...)
     metric: str = "accuracy"
     offline: bool = True  # True when items can be produced with no network and no data_dir

@@ -164,6 +164,7 @@ SNI = register_task(
         answer_type="text",
         load=load,
         max_new_tokens=512,
+        stop=(),  # as in the study: up to 512 new tokens or EOS
         family="sni",
         metric="bertscore_recall",
         offline=False,

@@ -280,7 +280,10 @@ def _make_mc(rng: random.Random, gold_counts: Counter[str]) -> Item | None:
     values.insert(gold_idx, correct)
     letter = LETTERS[gold_idx]
     question = "Question: " + head + "".join(f"\n{LETTERS[i]}. {v}" for i, v in enumerate(values))
-    return _item("synth_mc", question, letter, letter, choices=tuple(str(v) for v in values), meta={"head": head})
+    # The worked answer names the value first, then its option: two one-hop steps a tiny model learns,
+    # where jumping straight to the letter stayed at chance in training probes.
+    target = f"{correct} is option {letter}. The answer is {letter}."
+    return _item("synth_mc", question, letter, target, choices=tuple(str(v) for v in values), meta={"head": head})
 
 
 def load_synth_mc(n: int, seed: int, split: str = "test", data_dir: str | Path | None = None) -> list[Item]:
@@ -298,7 +301,7 @@ register_task(
         answer_type="letter",
         load=load_synth_mc,
         definition=MC_DEFINITION,
-        max_new_tokens=8,
+        max_new_tokens=16,
         family="multiple_choice",
     )
 )
