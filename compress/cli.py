@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -18,6 +19,8 @@ def _setup_logging(verbose: bool) -> None:
                         handlers=[RichHandler(show_path=False)], force=True)
     for noisy in ("transformers", "httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns on every int8 matmul that CPU inputs are cast to fp16; once is enough (report names it)
+    warnings.filterwarnings("once", message=".*MatMul8bitLt.*")
 
 
 def _load_or_exit(recipe_path: str):

@@ -68,19 +68,21 @@ class WeightQuantParams(QuantParams):
         issues = super().check_model(model_config)
         # every quantized Linear by name; the per-kind widths when the model cannot be built from its config
         layers = self.quantized_layers(model_config) or linear_input_sizes(model_config)
-        bad: dict[tuple[int, int], set[str]] = {}  # (input width, group) -> kinds of layer
+        widths = set(layers.values())
+        fits = [g for g in (32, 64, 128, 256) if all(w % g == 0 for w in widths)]
+        bad: dict[str, dict[tuple[int, int], set[str]]] = {}  # field -> (input width, group) -> layer kinds
         for name, width in layers.items():
             o = self.override_for(name)
-            group = o.group_size if o is not None and o.group_size is not None else self.group_size
+            from_override = o is not None and o.group_size is not None
+            group = o.group_size if from_override else self.group_size
             if group != -1 and width % group:
-                bad.setdefault((width, group), set()).add(name.rsplit(".", 1)[-1])
-        if bad:
-            widths = set(layers.values())
-            fits = [g for g in (32, 64, 128) if all(w % g == 0 for w in widths)]
+                field = "overrides" if from_override else "group_size"
+                bad.setdefault(field, {}).setdefault((width, group), set()).add(name.rsplit(".", 1)[-1])
+        for field, groups in bad.items():
             where = "; ".join(f"{'/'.join(sorted(kinds))} (input {w}, group {g})"
-                              for (w, g), kinds in sorted(bad.items()))
-            issues.append(("group_size", f"does not divide the input width of {where}; use one of {[*fits, -1]} "
-                                         "(-1 = per-channel), or an override for those layers"))
+                              for (w, g), kinds in sorted(groups.items()))
+            issues.append((field, f"group_size does not divide the input width of {where}; use one of "
+                                  f"{[*fits, -1]} (-1 = per-channel), or an override for those layers"))
         return issues
 
     def weight_args(self, bits: int | None = None, group_size: int | None = None,
