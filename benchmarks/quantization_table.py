@@ -157,25 +157,59 @@ def render(rows: list[dict], tasks: list[str], title: str, host: str) -> str:
     return "\n".join(out + per_task + notes) + "\n"
 
 
+def reprofile(ledger: Ledger, rows: list[dict], rounds: int) -> dict:
+    """Tokens/s again with the study's profiler (fresh process per model, batch 1), interleaved over
+    `rounds` rounds, median per model: on a shared CPU the load drifts during a long study, and
+    interleaving spreads the drift over all models alike."""
+    from evaluate.profiling import ProfileConfig, profile_in_subprocess
+
+    recipe = json.loads((ledger.last_run() or {}).get("recipe") or "{}")
+    p, m = recipe.get("profile", {}), recipe.get("model", {})
+    config = ProfileConfig(p.get("prompt_tokens", 64), p.get("new_tokens", 32), p.get("warmup", 1),
+                           p.get("repeats", 5), (1,))
+    names = [r["variant"] for r in rows if r["status"] == "ok"]
+    dirs = {n: (ledger.variant(n) or {}).get("model_dir") for n in names}
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(rounds):
+        for n in names:
+            result = profile_in_subprocess(dirs[n], m.get("dtype", "float32"), m.get("device", "cpu"), config,
+                                           m.get("trust_remote_code", False))
+            samples[n].append(result["batches"][0]["tokens_per_s"])
+    medians = {n: statistics.median(v) for n, v in samples.items()}
+    for r in rows:
+        if r["variant"] in medians:
+            r["tokens_per_s"], r["tokens_per_s_samples"] = medians[r["variant"]], samples[r["variant"]]
+            r["speed_vs_fp"] = medians[r["variant"]] / medians[BASELINE]
+    return {"rounds": rounds, "config": config.__dict__}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("study", type=Path, help="a study's output directory (holding results.sqlite)")
     p.add_argument("--out", type=Path, help="write OUT.md and OUT.json (default: print the table)")
     p.add_argument("--title", default="Quantization methods on the embedded model (CPU)")
+    p.add_argument("--reprofile", type=int, default=0, metavar="ROUNDS",
+                   help="re-measure tokens/s in ROUNDS interleaved rounds (fresh process per model)")
     a = p.parse_args(argv)
     ledger = Ledger(a.study / "results.sqlite")
     rows, tasks = quantization_rows(ledger)
+    profiling = reprofile(ledger, rows, a.reprofile) if a.reprofile else None
     base = ledger.variant(BASELINE) or {}
     host_info = (base.get("profile") or {}).get("host") or {}
     host = ", ".join(f"{k} {v}" for k, v in host_info.items()) or "unknown"
     text = render(rows, tasks, a.title, host)
+    if profiling:
+        text += (f"\nTokens/s re-measured after the study with its profiler: {a.reprofile} interleaved rounds "
+                 "over all models, median per model (`--reprofile`), so load drift on the shared CPU hits "
+                 "all models alike.\n")
     if a.out is None:
         print(text)
         return
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".md").write_text(text)
     a.out.with_suffix(".json").write_text(json.dumps({"study": str(a.study), "host": host_info, "tasks": tasks,
-                                                      "rows": rows, "findings": findings(rows)}, indent=2))
+                                                      "rows": rows, "findings": findings(rows),
+                                                      "reprofile": profiling}, indent=2))
 
 
 if __name__ == "__main__":
