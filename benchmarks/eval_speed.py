@@ -90,7 +90,7 @@ def main() -> None:
     model_dir = resolve_model_source(a.model).location
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    data, rows, max_new = frozen_prompts(a.task, a.n, a.seed, work)
+    data, _, max_new = frozen_prompts(a.task, a.n, a.seed, work)
     task_dir = work / "lmeval_task"
     task_dir.mkdir(exist_ok=True)
     (task_dir / "slimlab_bench.yaml").write_text(

@@ -63,7 +63,7 @@ class Ledger:
         if fields:
             cols = ", ".join(f"{k}=?" for k in fields)
             with self.db:
-                self.db.execute(f"UPDATE variants SET {cols}, updated_at=? WHERE variant=?",  # noqa: S608
+                self.db.execute(f"UPDATE variants SET {cols}, updated_at=? WHERE variant=?",
                                 (*fields.values(), time.time(), variant))
 
     def variant(self, variant: str) -> dict | None:

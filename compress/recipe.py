@@ -258,11 +258,13 @@ def check_semantics(recipe: Recipe, data: dict, check_model: bool = True) -> lis
             issues.append(Issue(("tasks", i, "name"), task.name, "no such task; " + _suggest(task.name, list(tasks))))
             continue
         if task.cell in seen_cells:
-            issues.append(Issue(("tasks", i, "label"), task.cell, "two tasks share this name; give one a distinct label"))
+            issues.append(Issue(("tasks", i, "label"), task.cell,
+                                "two tasks share this name; give one a distinct label"))
         seen_cells.add(task.cell)
         if task.repeats > 1 and not recipe.decoding.do_sample:
             issues.append(Issue(("tasks", i, "repeats"), task.repeats,
-                                "repeats > 1 only makes sense with sampling; set decoding.do_sample: true or repeats: 1"))
+                                "repeats > 1 only makes sense with sampling; "
+                                "set decoding.do_sample: true or repeats: 1"))
         spec = tasks[task.name]
         if spec.needs_data_dir and not (task.data_dir and Path(task.data_dir).is_dir()):
             issues.append(Issue(("tasks", i, "data_dir"), task.data_dir, spec.needs_data_dir))
@@ -326,17 +328,17 @@ def check_steps(steps: list[dict], prefix: tuple, methods: dict, model_config: A
     finalized_by: str | None = None
     earlier: list = []  # the MethodSpecs of the steps before this one
     for s, step in enumerate(steps):
-        loc = prefix + (s,)
+        loc = (*prefix, s)
         name = step.get("method")
         if name is None:
             issues.append(Issue(loc, step, "each step needs 'method: <name>'; see `compress methods`"))
             continue
         if name not in methods:
-            issues.append(Issue(loc + ("method",), name, "no such method; " + _suggest(str(name), list(methods))))
+            issues.append(Issue((*loc, "method"), name, "no such method; " + _suggest(str(name), list(methods))))
             continue
         spec = methods[name]
         if finalized_by is not None and not getattr(spec.params, "accepts_quantized", False):
-            issues.append(Issue(loc + ("method",), name,
+            issues.append(Issue((*loc, "method"), name,
                                 f"comes after {finalized_by!r}, whose format admits no further dense steps; "
                                 f"put {name!r} before it"))
         if spec.finalizes:
@@ -352,7 +354,7 @@ def check_steps(steps: list[dict], prefix: tuple, methods: dict, model_config: A
             issues.append(Issue((*loc, field_name), step.get(field_name, _MISSING), message))
         if model_config is not None:
             for field_name, message in params.check_model(model_config):
-                issues.append(Issue(loc + (field_name,), step.get(field_name, _MISSING), message))
+                issues.append(Issue((*loc, field_name), step.get(field_name, _MISSING), message))
     return issues
 
 

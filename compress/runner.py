@@ -291,7 +291,8 @@ class Study:
         from evaluate.report import write_outputs
 
         run_id = self.ledger.start_run(self.recipe.model_dump())
-        tokenizer = load_tokenizer(self.source.location, self.recipe.model.trust_remote_code, self.recipe.model.revision)
+        m = self.recipe.model
+        tokenizer = load_tokenizer(self.source.location, m.trust_remote_code, m.revision)
         cells = self.prepare_cells(tokenizer)
         self._cells = cells
         self.run_baseline(tokenizer, cells)

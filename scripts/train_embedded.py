@@ -20,7 +20,7 @@ weights.
 
 Usage::
 
-    python scripts/train_embedded.py --seed 0 --steps 4000
+    python scripts/train_embedded.py --seed 0 --steps 3000
 """
 
 from __future__ import annotations
@@ -66,11 +66,10 @@ from evaluate.tasks.synthetic import TRAINING_TASKS  # noqa: E402
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 # Pre-tokens: an integer with optional '-' (and its leading space), a word, one punctuation mark,
 # or one whitespace.  Integers in NUMBER_RANGE become single tokens; others split into BPE pieces.
-# A multiple-choice option "B. 45" (label, period, space, integer in OPTION_RANGE; also with a
-# leading space, as in the answer " B. 45") is one token, so each option's label and value share a
-# position and answering is select-and-copy (small models cannot learn the label binding across
-# positions within the CPU budget).
-PRETOKEN_PATTERN = r" ?[A-D]\. -?[0-9]+| ?-?[0-9]+| ?[A-Za-z]+| ?[^\sA-Za-z0-9]|\s"
+# A multiple-choice option "B. 45" (label, period, space, integer in OPTION_RANGE) is one token, so
+# each option's label and value share a position (small models cannot learn the label binding
+# across positions within the CPU budget).
+PRETOKEN_PATTERN = r"[A-D]\. -?[0-9]+| ?-?[0-9]+| ?[A-Za-z]+| ?[^\sA-Za-z0-9]|\s"
 NUMBER_RANGE = range(-99, 200)
 OPTION_LETTERS = "ABCD"
 OPTION_RANGE = range(100)
@@ -86,10 +85,10 @@ CHAT_TEMPLATE = (
 )
 DEFAULT_WEIGHTS = {
     "sort8_positive": 1.0,
-    "sort8_mixed": 1.2,
-    "sort16_positive": 1.5,
-    "sort16_mixed": 2.5,
-    "synth_arith": 1.3,
+    "sort8_mixed": 1.0,
+    "sort16_positive": 1.0,
+    "sort16_mixed": 1.5,
+    "synth_arith": 2.0,
     "synth_mc": 3.0,
 }
 
@@ -125,10 +124,9 @@ def build_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
         show_progress=False,
     )
     numbers = " " + " ".join(str(v) for v in NUMBER_RANGE)
-    options = "\n".join(f"{c}. {v}\nAnswer: {c}. {v}" for c in OPTION_LETTERS for v in OPTION_RANGE)
+    options = "\n".join(f"{c}. {v}" for c in OPTION_LETTERS for v in OPTION_RANGE)
     tok.train_from_iterator(corpus + [numbers, options] * 50, trainer)
-    wanted = [f" {v}" for v in NUMBER_RANGE]
-    wanted += [f"{sp}{c}. {v}" for sp in ("", " ") for c in OPTION_LETTERS for v in OPTION_RANGE]
+    wanted = [f" {v}" for v in NUMBER_RANGE] + [f"{c}. {v}" for c in OPTION_LETTERS for v in OPTION_RANGE]
     split = [w for w in wanted if len(tok.encode(w).ids) != 1]
     if split:
         raise RuntimeError(f"vocab too small: {len(split)} numbers/options are not single tokens")
@@ -256,13 +254,10 @@ def init_number_embeddings(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast
             head[i, : n_feat + len(OPTION_LETTERS)] = 0.0
             head[i, n_feat + k] = scale
         for v in OPTION_RANGE:
-            feats = torch.zeros(n_feat + len(OPTION_LETTERS))
-            feats[:n_feat] = torch.tensor(number_features(v))
-            feats[n_feat + k] = 1.0
-            for text in (f"{c}. {v}", f" {c}. {v}"):  # in the question / as the answer
-                if (i := token_id(text)) is not None:
-                    emb[i, : len(feats)] = feats * scale
-                    head[i, : len(feats)] = feats * scale
+            if (i := token_id(f"{c}. {v}")) is not None:
+                emb[i, :n_feat] = torch.tensor(number_features(v)) * scale
+                emb[i, n_feat : n_feat + len(OPTION_LETTERS)] = 0.0
+                emb[i, n_feat + k] = scale
 
 
 # ------------------------------------------------------------------------------------ evaluate
@@ -317,7 +312,7 @@ def evaluate_accuracy(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--out", type=Path, default=REPO / "compress" / "embedded" / "tiny-reasoner")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -327,7 +322,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--intermediate", type=int, default=768)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--vocab-size", type=int, default=1600)
     p.add_argument("--number-init", type=float, default=0.5, help="scale of number-feature init (0: off)")
     p.add_argument("--weights", default="", help="override task sampling weights: name=w,name=w")
     p.add_argument("--pool-size", type=int, default=40000, help="max unique train items per task")
@@ -395,11 +390,11 @@ Trained by `scripts/train_embedded.py` on the `train` split of the synthetic tas
   max positions {config.max_position_embeddings}, untied embeddings, float32 weights
 - tokenizer: byte-level BPE, {vocab} tokens; every integer in {NUMBER_RANGE.start}..{NUMBER_RANGE.stop - 1} with its
   leading space (" 12", " -3") is one token, other numbers/text fall back to BPE pieces; template
-  words are single tokens; a multiple-choice option "B. 45" (letter A-D, integer 0..99, with or
-  without a leading space) is one token; `<s>` is prepended by the tokenizer; `padding_side` left
+  words are single tokens; a multiple-choice option "B. 45" (letter A-D, integer 0..99) is one
+  token; `<s>` is prepended by the tokenizer; `padding_side` left
 - initialisation: integer tokens' input and output embeddings start with number features
   (value/100, sign, sin/cos at periods {", ".join(map(str, NUMBER_PERIODS))}) x {args.number_init:g};
-  option tokens ("B. 45" and " B. 45") get their value's features plus a one-hot label
+  option tokens get their value's features plus a one-hot label read by the answer tokens " A".." D"
 - loss: cross-entropy on the completion tokens only, averaged per example, then per batch
 - parameters: {n_params:,}
 - training wall-clock: {train_s / 60:.1f} min on a 2-core CPU (torch threads {args.threads})

@@ -14,8 +14,7 @@ Ranges (chosen for learnability by a tiny model and documented here):
   mixed-sign tasks use -99..99.
 * synth_arith: 2-3 operations (+, -, and x2 / x3), start value 2..20, operands 1..10,
   every intermediate result stays within 0..99.
-* synth_mc: option values 0..99 (sums up to 99), gold letters balanced within one; gold is the
-  letter, the reference completion (target) is the option as written, e.g. "B. 45".
+* synth_mc: option values 0..99 (sums up to 99), gold letters balanced within one.
 """
 
 from __future__ import annotations
@@ -281,10 +280,9 @@ def _make_mc(rng: random.Random, gold_counts: Counter[str]) -> Item | None:
     values.insert(gold_idx, correct)
     letter = LETTERS[gold_idx]
     question = "Question: " + head + "".join(f"\n{LETTERS[i]}. {v}" for i, v in enumerate(values))
-    # The reference answer repeats the chosen option as written, "B. 45": the embedded model (one
-    # token per option) then only selects and copies an option, which it learns like sorting; a bare
-    # letter or "45 is option B" needs a value-to-label binding it did not learn in CPU budgets.
-    target = f"{letter}. {correct}"
+    # The worked answer names the value first, then its option: two one-hop steps a tiny model learns,
+    # where jumping straight to the letter stayed at chance in training probes.
+    target = f"{correct} is option {letter}. The answer is {letter}."
     return _item("synth_mc", question, letter, target, choices=tuple(str(v) for v in values), meta={"head": head})
 
 
