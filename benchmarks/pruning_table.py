@@ -150,18 +150,23 @@ def reprofile(ledger: Ledger, rows: list[dict], rounds: int) -> dict:
                            p.get("repeats", 5), (1,))
     names = [BASELINE] + [r["variant"] for r in rows]
     dirs = {n: (ledger.variant(n) or {}).get("model_dir") for n in names}
-    samples: dict[str, list[float]] = {n: [] for n in names}
+    samples: dict[str, list[dict]] = {n: [] for n in names}
+    device = None
     for _ in range(rounds):
         for n in names:
             result = profile_in_subprocess(dirs[n], m.get("dtype", "float32"), m.get("device", "cpu"), config,
                                            m.get("trust_remote_code", False))
-            samples[n].append(result["batches"][0]["tokens_per_s"])
-    medians = {n: statistics.median(v) for n, v in samples.items()}
+            b1 = result["batches"][0]
+            device = result.get("device", device)
+            samples[n].append({"tokens_per_s": b1["tokens_per_s"], "load_avg_1m": result.get("load_avg_1m_after"),
+                               "paused": bool(b1.get("paused_during_timing"))})
+    medians = {n: statistics.median([x["tokens_per_s"] for x in v if not x["paused"]] or [float("nan")])
+               for n, v in samples.items()}
     for r in rows:
         r["tokens_per_s"], r["fp_tokens_per_s"] = medians[r["variant"]], medians[BASELINE]
         r["speedup"] = medians[r["variant"]] / medians[BASELINE]
         r["tokens_per_s_samples"] = samples[r["variant"]]
-    return {"rounds": rounds, "config": config.__dict__, "baseline_samples": samples[BASELINE]}
+    return {"rounds": rounds, "config": config.__dict__, "device": device, "baseline_samples": samples[BASELINE]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,8 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     profiling = reprofile(ledger, rows, a.reprofile) if a.reprofile else None
     text = render(rows, tasks, a.title)
     if profiling:
-        text += (f"\nTokens/s re-measured with the study's profiler, {a.reprofile} interleaved rounds over all "
-                 "models (median per model), so that load drift on a shared CPU affects all alike.\n")
+        text += (f"\nTokens/s re-measured with the study's profiler (prompt {profiling['config']['prompt_tokens']}, "
+                 f"{profiling['config']['new_tokens']} new tokens, batch 1) on {profiling['device']}: "
+                 f"{a.reprofile} interleaved rounds over all models, a fresh process each, median per model "
+                 "(samples taken while a process was paused are dropped), so that load drift on the shared CPU "
+                 "affects all models alike; every sample and the 1-minute load average are in the .json.\n")
     if a.out is None:
         print(text)
         return

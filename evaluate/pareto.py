@@ -16,7 +16,7 @@ BASELINE = "baseline"
 MINIMIZE: dict[str, tuple[str, str]] = {
     "memory": ("weight_bytes", "weights in memory"),
     "peak_memory": ("peak_memory_bytes", "peak memory"),
-    "latency": ("latency_ms_per_token", "ms/token at batch 1"),
+    "latency": ("latency_ms_per_token", "decode latency at batch 1"),
     "ttft": ("ttft_ms", "time to first token"),
     "disk": ("disk_bytes", "weights on disk"),
 }
@@ -113,7 +113,7 @@ def _points(x: float) -> str:
 def _fmt_cost(name: str, value: float) -> str:
     if name in ("memory", "peak_memory", "disk"):
         return f"{value / 2**20:.2f} MiB"
-    return f"{value:.2f} ms"
+    return f"{value:.2f} ms" + ("/token" if name == "latency" else "")
 
 
 def _why_not(s: VariantSummary, spec: Any) -> str | None:
@@ -178,6 +178,14 @@ def select_variant(summaries: Sequence[VariantSummary], spec: Any) -> Selection:
     if best.mean_delta is not None and best.variant != BASELINE:
         worst = min((d for d in best.task_deltas.values() if d is not None), default=0.0)
         parts.append(f"accuracy {best.mean_delta:+.1f} points on the mean (worst task {worst:+.1f})")
+    if base is not None and best.variant != BASELINE:  # the price paid on the cost not minimized
+        other = "latency" if spec.minimize != "latency" else "memory"
+        mine, theirs = best.cost(other), base.cost(other)
+        if mine and theirs:
+            word = ("slower" if mine > theirs else "faster") if other == "latency" else \
+                ("larger" if mine > theirs else "smaller")
+            parts.append(f"{MINIMIZE[other][1]} {_fmt_cost(other, mine)} vs {_fmt_cost(other, theirs)} for the "
+                         f"baseline ({max(mine, theirs) / min(mine, theirs):.2f}x {word})")
     if len(qualified) > 1:
         runner = qualified[1]
         parts.append(f"runner-up {runner.variant} at {_fmt_cost(spec.minimize, runner.cost(spec.minimize))}")

@@ -35,13 +35,19 @@ def accuracy_vs_cost(summaries: Sequence[VariantSummary], cost: str, xlabel: str
     front = set(pareto_front(pts, (("mean_accuracy", "max"), (cost, "min"))))
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    for s in pts:
-        x, y = getattr(s, cost) / scale, s.mean_accuracy
+    xs = [getattr(s, cost) / scale for s in pts]
+    ys = [s.mean_accuracy for s in pts]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
+    for s, x, y in zip(pts, xs, ys, strict=True):
         on = s.variant in front
         ax.scatter([x], [y], s=70 if on else 40, color="tab:red" if on else "tab:gray", zorder=3,
                    edgecolors="black" if s.variant == chosen else "none", linewidths=2)
+        # points that (nearly) coincide get their labels stacked instead of printed over each other
+        near = sum(abs(x - px) / span_x < 0.06 and abs(y - py) / span_y < 0.06 for px, py in placed)
+        placed.append((x, y))
         ax.annotate(s.variant + (" ★" if s.variant == chosen else ""), (x, y), textcoords="offset points",
-                    xytext=(6, 5), fontsize=8)
+                    xytext=(6, 5 - 11 * near), fontsize=8)
     line = sorted((getattr(s, cost) / scale, s.mean_accuracy) for s in pts if s.variant in front)
     if len(line) > 1:
         ax.step([p[0] for p in line], [p[1] for p in line], where="post", color="tab:red", alpha=0.6,

@@ -228,3 +228,26 @@ def test_sni_section_from_its_module_lands_in_md_and_html(tmp_path, monkeypatch)
     assert calls == [out]
     assert "## Super-Natural Instructions: three-tier evaluation" in (out / "report.md").read_text()
     assert "<h2>Super-Natural Instructions: three-tier evaluation</h2>" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_real_study_of_the_embedded_model_gets_a_report_with_plots(tmp_path):
+    """Quickstart-shaped, scaled down: baseline + LLM.int8 on the embedded model, two batch sizes."""
+    from compress.models import embedded_models
+
+    if "tiny-reasoner" not in embedded_models():
+        pytest.skip("embedded:tiny-reasoner not trained yet")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: mini-quickstart\nmodel: {name: embedded:tiny-reasoner}\n"
+                      "variants: [{name: bnb-int8, steps: [{method: bnb_int8}]}]\n"
+                      "tasks: [{name: sort8_positive, n: 4}, {name: synth_mc, n: 4}]\n"
+                      "profile: {prompt_tokens: 16, new_tokens: 4, repeats: 1, batch_sizes: [1, 2]}\n"
+                      "select: {max_accuracy_drop: 100, minimize: memory}\n")
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    html_text = (tmp_path / "out" / "report.html").read_text()
+    assert len(_decoded_images(html_text)) == 4  # memory and latency scatters, heatmap, batch sweep
+    assert "Deploy bnb-int8." in html_text  # within a 100-point budget the smallest weights win
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {r["variant"] for r in rows} == {"baseline", "bnb-int8"}
+    assert all(r["weight_bytes"] and r["latency_ms_per_token"] for r in rows)
