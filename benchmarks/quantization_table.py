@@ -2,7 +2,7 @@
 the FP baseline, and what it really holds in memory, on disk and at what speed, with what ran.
 
     compress run recipes/quantization.yaml
-    python benchmarks/quantization_table.py runs/quantization --reprofile 2 \
+    python -m benchmarks.quantization_table runs/quantization --reprofile 3 \
         --out benchmarks/results/quantization_embedded_cpu
 
 Every figure comes from the study (nothing recomputed here): accuracy is the mean over the study's
@@ -16,24 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks._ledger_tables import BASELINE, batch1_tokens_per_s, mean, reprofile, reprofile_note, write_table
+from benchmarks._ledger_tables import fmt as _f
 from compress.ledger import Ledger
 
-BASELINE = "baseline"
 EIGHT_BIT = ("bnb_int8", "fp8", "smoothquant_w8a8")
-
-
-def _mean(values: list[float]) -> float | None:
-    return statistics.fmean(values) if values else None
-
-
-def _tokens_per_s(variant: dict) -> float | None:
-    rows = (variant.get("profile") or {}).get("batches") or []
-    b1 = next((r for r in rows if r["batch_size"] == 1), rows[0] if rows else None)
-    return b1.get("tokens_per_s") if b1 else None
+NOISE_POINTS = 1.0  # accuracy differences below this (a few items of a few hundred) are not called a win
 
 
 def describe_step(step: dict) -> str:
@@ -60,17 +51,17 @@ def quantization_rows(ledger: Ledger) -> tuple[list[dict[str, Any]], list[str]]:
     cells = ledger.cells()
     tasks = sorted({c["cell"] for c in cells if c["variant"] == BASELINE})
     base_by_task = {c["cell"]: c["accuracy"] for c in cells if c["variant"] == BASELINE}
-    base_acc = _mean(list(base_by_task.values()))
+    base_acc = mean(list(base_by_task.values()))
     variants = ledger.variants()
-    base_tps = _tokens_per_s(next((v for v in variants if v["variant"] == BASELINE), {}))
+    base_tps = batch1_tokens_per_s(next((v for v in variants if v["variant"] == BASELINE), {}))
     rows = []
     for v in variants:
         name = v["variant"]
         steps = v.get("steps") or []
         by_task = {c["cell"]: c["accuracy"] for c in cells if c["variant"] == name}
-        acc = _mean([by_task[t] for t in tasks if t in by_task]) if len(by_task) == len(tasks) else None
+        acc = mean([by_task[t] for t in tasks if t in by_task]) if len(by_task) == len(tasks) else None
         fp = v.get("footprint") or {}
-        tps = _tokens_per_s(v)
+        tps = batch1_tokens_per_s(v)
         rows.append({
             "variant": name,
             "config": "FP " + ((json.loads(ledger.last_run()["recipe"]) or {}).get("model", {}).get("dtype", ""))
@@ -93,10 +84,6 @@ def quantization_rows(ledger: Ledger) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, tasks
 
 
-def _f(x: Any, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def _mib(x: int | None) -> str:
     return "—" if x is None else f"{x / 2**20:.2f}"
 
@@ -113,8 +100,10 @@ def findings(rows: list[dict]) -> list[str]:
                    f"{worst['delta_points']:+.1f}).")
     g, r = by.get("gptq-w4-g128"), by.get("rtn-w4-g128")
     if g and r and g["accuracy"] is not None and r["accuracy"] is not None:
-        rel = "beats" if g["accuracy"] > r["accuracy"] else "ties" if g["accuracy"] == r["accuracy"] else "LOSES TO"
-        out.append(f"GPTQ W4 g128 ({g['accuracy']:.1f}) {rel} RTN W4 g128 ({r['accuracy']:.1f}).")
+        diff = g["accuracy"] - r["accuracy"]
+        rel = "is level with" if abs(diff) < NOISE_POINTS else "beats" if diff > 0 else "loses to"
+        out.append(f"GPTQ W4 g128 ({g['accuracy']:.1f}) {rel} RTN W4 g128 ({r['accuracy']:.1f})"
+                   + (f": {diff:+.1f} points is within sampling noise here" if abs(diff) < NOISE_POINTS else "") + ".")
     four = [x for x in rows if x["delta_points"] is not None and not x["eight_bit"] and x["variant"] != BASELINE]
     if four:
         out.append("4-bit cost (points vs FP): " + ", ".join(
@@ -135,8 +124,8 @@ def render(rows: list[dict], tasks: list[str], title: str, host: str) -> str:
     head = ["variant", "configuration", "accuracy", "Δ vs FP (pts)", "bits/param in memory", "stored bits/param",
             "weights in memory (MiB)", "disk (MiB)", "tokens/s b=1 (x FP)", "backend / kernel that ran"]
     out = [f"# {title}", "",
-           "Produced by `compress run recipes/quantization.yaml` then `python benchmarks/quantization_table.py "
-           "runs/quantization --reprofile 2 --out benchmarks/results/quantization_embedded_cpu` (every figure from "
+           "Produced by `compress run recipes/quantization.yaml` then `python -m benchmarks.quantization_table "
+           "runs/quantization --reprofile 3 --out benchmarks/results/quantization_embedded_cpu` (every figure from "
            "the study's "
            "ledger; each variant saved, reloaded from disk, evaluated and profiled as it runs).", "",
            f"Host: {host}. Accuracy: mean over {', '.join(tasks)} (percent; identical prompts, greedy). "
@@ -165,30 +154,13 @@ def render(rows: list[dict], tasks: list[str], title: str, host: str) -> str:
     return "\n".join(out + per_task + notes) + "\n"
 
 
-def reprofile(ledger: Ledger, rows: list[dict], rounds: int) -> dict:
-    """Tokens/s again with the study's profiler (fresh process per model, batch 1), interleaved over
-    `rounds` rounds, median per model: on a shared CPU the load drifts during a long study, and
-    interleaving spreads the drift over all models alike."""
-    from evaluate.profiling import ProfileConfig, profile_in_subprocess
-
-    recipe = json.loads((ledger.last_run() or {}).get("recipe") or "{}")
-    p, m = recipe.get("profile", {}), recipe.get("model", {})
-    config = ProfileConfig(p.get("prompt_tokens", 64), p.get("new_tokens", 32), p.get("warmup", 1),
-                           p.get("repeats", 5), (1,))
-    names = [r["variant"] for r in rows if r["status"] == "ok"]
-    dirs = {n: (ledger.variant(n) or {}).get("model_dir") for n in names}
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(rounds):
-        for n in names:
-            result = profile_in_subprocess(dirs[n], m.get("dtype", "float32"), m.get("device", "cpu"), config,
-                                           m.get("trust_remote_code", False))
-            samples[n].append(result["batches"][0]["tokens_per_s"])
-    medians = {n: statistics.median(v) for n, v in samples.items()}
+def reprofile_rows(ledger: Ledger, rows: list[dict], rounds: int) -> dict:
+    medians, samples, info = reprofile(ledger, [r["variant"] for r in rows if r["status"] == "ok"], rounds)
     for r in rows:
         if r["variant"] in medians:
-            r["tokens_per_s"], r["tokens_per_s_samples"] = medians[r["variant"]], samples[r["variant"]]
-            r["speed_vs_fp"] = medians[r["variant"]] / medians[BASELINE]
-    return {"rounds": rounds, "config": config.__dict__}
+            r["tokens_per_s"], r["tokens_per_s_samples"] = medians[r["variant"]][1], samples[r["variant"]]
+            r["speed_vs_fp"] = medians[r["variant"]][1] / medians[BASELINE][1]
+    return info
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     ledger = Ledger(a.study / "results.sqlite")
     rows, tasks = quantization_rows(ledger)
-    profiling = reprofile(ledger, rows, a.reprofile) if a.reprofile else None
+    profiling = reprofile_rows(ledger, rows, a.reprofile) if a.reprofile else None
     if a.profile_from:  # tokens/s of an earlier --reprofile run (re-render without measuring again)
         earlier = json.loads(a.profile_from.read_text())
         profiling = earlier.get("reprofile")
@@ -214,20 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     base = ledger.variant(BASELINE) or {}
     host_info = (base.get("profile") or {}).get("host") or {}
     host = ", ".join(f"{k} {v}" for k, v in host_info.items()) or "unknown"
-    text = render(rows, tasks, a.title, host)
-    if profiling:
-        text += (f"\nTokens/s re-measured after the study with its profiler: {profiling['rounds']} interleaved rounds "
-                 "over all models, median per model (`--reprofile`), so load drift on the shared CPU hits "
-                 "all models alike.\n")
-    if a.out is None:
-        print(text)
-        return
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".md").write_text(text)
-    a.out.with_suffix(".json").write_text(json.dumps({"study": str(a.study), "host": host_info, "tasks": tasks,
-                                                      "rows": rows, "findings": findings(rows),
-                                                      "reprofile": profiling}, indent=2))
-
+    text = render(rows, tasks, a.title, host) + (reprofile_note(profiling) if profiling else "")
+    write_table(a.out, text, {"study": str(a.study), "host": host_info, "tasks": tasks, "rows": rows,
+                              "findings": findings(rows), "reprofile": profiling})
 
 if __name__ == "__main__":
     main()

@@ -99,11 +99,15 @@ def validate(recipe: str) -> None:
 @click.option("--params/--no-params", default=True, help="list each method's parameters")
 def methods(params: bool) -> None:
     """List the registered compression methods."""
+    import torch
+
     from compress.registry import load_builtin_methods
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     for name, spec in sorted(load_builtin_methods().items()):
-        gpu = " [CUDA only]" if spec.needs_cuda else ""
-        click.echo(f"{name:<18} {spec.kind:<9} {spec.description}{gpu}")
+        reason = spec.unavailable_reason(device)
+        note = f" [not on this machine: {reason}]" if reason else ""
+        click.echo(f"{name:<18} {spec.kind:<9} {spec.description}{note}")
         if params:
             for pname, ptype, default in spec.parameter_table():
                 click.echo(f"{'':<28}{pname}: {ptype} = {default}")

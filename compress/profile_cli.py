@@ -237,8 +237,8 @@ def _mib(x: int | None) -> str:
     return "—" if x is None else f"{x / 2**20:,.1f}"
 
 
-def _num(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}"
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "—" if x is None else format(x, fmt)
 
 
 def render_profile_markdown(result: dict) -> str:
@@ -284,9 +284,9 @@ def render_profile_markdown(result: dict) -> str:
             cuda = "—" if "cuda_max_memory_allocated" not in r else \
                 f"{_mib(r['cuda_max_memory_allocated'])} / {_mib(r['cuda_max_memory_reserved'])}"
             out.append(f"| {v['variant']} | {r['batch_size']} | {r['ttft_ms']:.1f} | {r['end_to_end_ms']:.1f} | "
-                       f"{r['latency_ms_per_token']:.2f} | {_num(r.get('decode_ms_per_token_in_run'))} | "
+                       f"{_num(r['latency_ms_per_token'])} | {_num(r.get('decode_ms_per_token_in_run'))} | "
                        f"{r['per_token_p50_ms']:.2f} / {r['per_token_p90_ms']:.2f} | "
-                       f"{r['tokens_per_s']:.1f} | {_mib(r['kv_cache_bytes'])} | "
+                       f"{_num(r['tokens_per_s'], '.1f')} | {_mib(r['kv_cache_bytes'])} | "
                        f"{_mib(r.get('generation_peak_rss_bytes'))} | {cuda} | {r.get('kernel', '—')}"
                        + (" **(process paused during timing: timings invalid)**" if r.get("paused_during_timing")
                           else "") + " |")

@@ -79,7 +79,7 @@ def greedy_generate_batch(model, input_ids: torch.Tensor, attention_mask: torch.
     cache = DynamicCache(config=model.config)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   past_key_values=cache, use_cache=True).logits[:, -1, :]
+                   past_key_values=cache, use_cache=True, **_last_logits_only(model)).logits[:, -1, :]
     next_pos = position_ids[:, -1:] + 1
     for step in range(max_new_tokens):
         tokens = logits.argmax(-1)
@@ -105,6 +105,25 @@ def greedy_generate_batch(model, input_ids: torch.Tensor, attention_mask: torch.
     return out
 
 
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a prompt as the model expects them: the tokenizer's own special tokens (e.g. Llama's
+    BOS), unless the text already starts with the BOS string (a rendered chat template carries it).
+    lm-evaluation-harness's HF backend follows the same rule."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+
+
+def _last_logits_only(model) -> dict:
+    """`logits_to_keep=1` where the model's forward takes it: the prefill then projects only the last
+    position onto the vocabulary instead of every prompt position (the same logits for that position)."""
+    import inspect
+
+    try:
+        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a readable signature
+        return {}
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id}
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -127,7 +146,7 @@ def generate(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
     outputs: list[str] = [""] * len(prompts)
     device = model_device(model)
     gen_kwargs: dict = {

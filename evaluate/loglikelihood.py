@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from evaluate.generation import model_device
+from evaluate.generation import encode_prompt, model_device
 from evaluate.tasks.base import Item
 
 if TYPE_CHECKING:
@@ -40,12 +40,13 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     """(context ids, continuation ids) as the model would see ``context + continuation``: trailing
     spaces of the context move to the continuation, the whole string is tokenized once and split
     after the context's tokens (lm-evaluation-harness's rule); if tokenization merges across the
-    boundary, the two parts are tokenized separately."""
+    boundary, the two parts are tokenized separately. The context gets the tokenizer's BOS, as a
+    generation prompt does (`encode_prompt`)."""
     spaces = len(context) - len(context.rstrip(" "))
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = encode_prompt(tokenizer, context)
+    whole = encode_prompt(tokenizer, context + continuation)
     if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
         return ctx, whole[len(ctx) :]
     return ctx, tokenizer(continuation, add_special_tokens=False)["input_ids"]

@@ -107,7 +107,11 @@ def measure_footprint(model: torch.nn.Module, device_label: str | None = None) -
     if sparsity is not None and sparsity >= 0.01:
         from compress.methods._sparsity import detect_pattern
 
-        head += f", {detect_pattern(model) or 'unstructured'} {sparsity:.0%} zeros (dense kernel, zeros not skipped)"
+        if "compressed-tensors" in head:  # decompressed grid values: zeros are pruned or rounded to zero
+            head += f", {sparsity:.0%} exact zeros after decompression (pruned or quantized to 0; not skipped)"
+        else:
+            pattern = detect_pattern(model) or "unstructured"
+            head += f", {pattern} {sparsity:.0%} zeros (dense kernel, zeros not skipped)"
     return MemoryFootprint(total, layer_bytes, layer_params, round(bits, 3), n_params, f"{head}; {device}",
                            sparsity, per_layer or None)
 

@@ -214,7 +214,10 @@ def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int
             del out
         prefill = statistics.median(prefills)
         total = statistics.median(totals)
-        decode = max(total - prefill, 1e-9)
+        decode = total - prefill
+        if decode <= 0 and in_run:  # medians of different runs inverted by noise: use this run's own steps
+            decode = statistics.median(in_run) * (config.new_tokens - 1)
+        measured = decode > 0  # else unmeasurable: reported as None, never as a made-up huge tokens/s
         row = {
             "batch_size": batch,
             "prompt_tokens": config.prompt_tokens,
@@ -223,11 +226,11 @@ def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int
             "ttft_ms": 1000 * prefill,
             "end_to_end_ms": 1000 * total,
             "end_to_end_spread_ms": 1000 * (max(totals) - min(totals)),
-            "latency_ms_per_token": 1000 * decode / (config.new_tokens - 1),
+            "latency_ms_per_token": 1000 * decode / (config.new_tokens - 1) if measured else None,
             "per_token_p50_ms": 1000 * _percentile(step_times, 0.5) if step_times else None,
             "per_token_p90_ms": 1000 * _percentile(step_times, 0.9) if step_times else None,
             "decode_ms_per_token_in_run": 1000 * statistics.median(in_run) if in_run else None,
-            "tokens_per_s": batch * (config.new_tokens - 1) / decode,
+            "tokens_per_s": batch * (config.new_tokens - 1) / decode if measured else None,
             "kv_cache_bytes": kv,
             "kv_cache_tokens": kv_tokens,
             "generation_peak_rss_bytes": sampler.peak,

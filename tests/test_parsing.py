@@ -66,3 +66,27 @@ def test_score_output_tells_format_failure_from_wrong_answer():
     assert right.correct and right.followed
     assert not wrong.correct and wrong.followed
     assert unformatted.correct and not unformatted.followed
+
+
+def test_the_worked_answers_the_embedded_model_is_trained_on_score_as_correct():
+    """The training targets and the answer parser agree: a model that reproduces its target is right."""
+    from evaluate.scoring import score_output
+    from evaluate.tasks.base import TASKS
+    from evaluate.tasks.synthetic import TRAINING_TASKS
+
+    for name in TRAINING_TASKS:
+        for item in TASKS[name].load(n=40, seed=3, split="train"):
+            s = score_output(TASKS[name], item, " " + item.target)
+            assert s.correct and s.followed, (name, item.target, s)
+
+
+def test_prompts_get_the_tokenizers_bos_once():
+    """Plain prompts are encoded with the tokenizer's special tokens (Llama's BOS), as the model was trained
+    and as lm-evaluation-harness does; a prompt that already starts with BOS (a chat template) gets no second."""
+    from compress.models import load_tokenizer, resolve_model_source
+    from evaluate.generation import encode_prompt
+
+    tok = load_tokenizer(str(resolve_model_source("embedded:tiny-reasoner").location))
+    plain = encode_prompt(tok, "Sort: 3, 1\nAnswer:")
+    assert plain[0] == tok.bos_token_id and plain.count(tok.bos_token_id) == 1
+    assert encode_prompt(tok, tok.bos_token + "Sort: 3, 1\nAnswer:") == plain

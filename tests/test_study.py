@@ -52,9 +52,8 @@ def test_results_rows_have_baseline_variant_and_deltas(study_dir):
     assert "Linear8bitLt" in int8["backend"] and "CPU" in int8["backend"]
     assert 8.0 < int8["bits_per_param"] < 9.0
     assert int8["weight_bytes"] < base["sort8_positive"]["weight_bytes"]
-    # the embedded model is trained to sort (held-out 1.00 in TRAINING.md): the FP baseline is the quality
-    # anchor; synth_mc is not learned yet (0.28, see TRAINING.md), so only its range is checked above
-    assert base["sort8_positive"]["value"] >= 80
+    # the FP baseline is the quality anchor: held-out 0.98 (sort8_positive) and 1.00 (synth_mc) in TRAINING.md
+    assert base["sort8_positive"]["value"] >= 80 and base["synth_mc"]["value"] >= 75
 
 
 def test_samples_are_parsed_generations_on_identical_prompts(study_dir):

@@ -6,10 +6,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from compress.methods._checkpoint import dense_checkpoint
 from compress.methods._quant import QuantParams, check_bits
-from compress.methods.bnb_int8 import bnb_skip_modules
-from compress.models import load_model, torch_dtype
+from compress.methods.bnb_int8 import bnb_skip_modules, reload_with_bnb
+from compress.models import torch_dtype
 from compress.registry import MethodSpec, StepContext, register_method
 
 
@@ -30,7 +29,6 @@ class Bnb4bitParams(QuantParams):
 def apply(model: Any, params: Bnb4bitParams, ctx: StepContext) -> Any:
     from transformers import BitsAndBytesConfig
 
-    source = dense_checkpoint(model, ctx)
     config = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=params.quant_type,
@@ -38,7 +36,7 @@ def apply(model: Any, params: Bnb4bitParams, ctx: StepContext) -> Any:
         bnb_4bit_compute_dtype=torch_dtype(params.compute_dtype),
         llm_int8_skip_modules=bnb_skip_modules(params),
     )
-    return load_model(str(source), ctx.dtype, ctx.device, ctx.trust_remote_code, quantization_config=config)
+    return reload_with_bnb(model, ctx, config)
 
 
 register_method(

@@ -18,6 +18,13 @@ def bnb_skip_modules(params: QuantParams) -> list[str]:
     return [p[3:] if p.startswith("re:") else p for p in params.skipped_patterns()]
 
 
+def reload_with_bnb(model: Any, ctx: StepContext, config: Any) -> Any:
+    """bitsandbytes quantizes while transformers loads: write the current weights as a dense checkpoint and
+    load them back through `config` (a BitsAndBytesConfig)."""
+    source = dense_checkpoint(model, ctx)
+    return load_model(str(source), ctx.dtype, ctx.device, ctx.trust_remote_code, quantization_config=config)
+
+
 class BnbInt8Params(QuantParams):
     override_hint = "bitsandbytes quantizes every layer alike; use skip: true, or gptq/rtn for mixed widths"
 
@@ -27,13 +34,12 @@ class BnbInt8Params(QuantParams):
 def apply(model: Any, params: BnbInt8Params, ctx: StepContext) -> Any:
     from transformers import BitsAndBytesConfig
 
-    source = dense_checkpoint(model, ctx)
     config = BitsAndBytesConfig(
         load_in_8bit=True,
         llm_int8_threshold=params.threshold,
         llm_int8_skip_modules=bnb_skip_modules(params),
     )
-    return load_model(str(source), ctx.dtype, ctx.device, ctx.trust_remote_code, quantization_config=config)
+    return reload_with_bnb(model, ctx, config)
 
 
 register_method(

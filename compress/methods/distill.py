@@ -119,10 +119,12 @@ def training_pairs(params: DistillParams, ctx: StepContext) -> list[tuple[str, s
 
 
 def encode(tokenizer: Any, pairs: list[tuple[str, str]], seq_len: int, device: Any) -> dict[str, torch.Tensor]:
-    """Right-padded batch with `pred_mask`: 1 at positions whose next token belongs to a completion."""
+    """Right-padded batch with `pred_mask`: 1 at positions whose next token belongs to a completion.
+    Too long, a prompt + completion pair loses the start of its prompt, not the completion the loss is on;
+    a whole text (prompt "") keeps its start, as calibration text does."""
     texts = [p + a for p, a in pairs]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
+    side, cut = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "right", "left" if any(p for p, _ in pairs) else "right"
     try:
         enc = tokenizer(texts, truncation=True, max_length=seq_len, padding=True, return_tensors="pt",
                         return_offsets_mapping=True)
@@ -130,7 +132,7 @@ def encode(tokenizer: Any, pairs: list[tuple[str, str]], seq_len: int, device: A
         target = torch.tensor([len(p) for p, _ in pairs]).unsqueeze(1)
         in_completion = (starts >= target) & (enc["attention_mask"] == 1)  # prompt "": every real token
     finally:
-        tokenizer.padding_side = side
+        tokenizer.padding_side, tokenizer.truncation_side = side, cut
     pred = torch.zeros_like(enc["attention_mask"])
     pred[:, :-1] = in_completion[:, 1:].long()
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device),
@@ -249,6 +251,9 @@ def apply(model: Any, params: DistillParams, ctx: StepContext) -> Any:
         with torch.no_grad():
             t_out = teacher(**inputs, output_hidden_states=want_hidden, use_cache=False)
         s_out = student(**inputs, labels=labels, output_hidden_states=want_hidden, use_cache=False)
+        if not batch["pred_mask"].any():
+            raise ValueError(f"distill: no trained token fits in seq_len={params.seq_len} for this batch; "
+                             "raise seq_len")
         losses = distill_loss(s_out, t_out, batch["pred_mask"], params)
         if not math.isfinite(losses["total"].item()):
             raise FloatingPointError(f"distill: the loss became {losses['total'].item()}; lower lr")

@@ -280,9 +280,10 @@ def _make_mc(rng: random.Random, gold_counts: Counter[str]) -> Item | None:
     values.insert(gold_idx, correct)
     letter = LETTERS[gold_idx]
     question = "Question: " + head + "".join(f"\n{LETTERS[i]}. {v}" for i, v in enumerate(values))
-    # The worked answer names the value first, then its option: two one-hop steps a tiny model learns,
-    # where jumping straight to the letter stayed at chance in training probes.
-    target = f"{correct} is option {letter}. The answer is {letter}."
+    # The worked answer names the value, then copies the option that shows it ("77 B. 77"): the copy is
+    # read off the value token itself, the one-hop look-up sorting already needs.  Naming the letter
+    # a few tokens after the value ("77 is option B") stayed at chance in training (0.28 on 100 items).
+    target = f"{correct} {letter}. {correct}. The answer is {letter}."
     return _item("synth_mc", question, letter, target, choices=tuple(str(v) for v in values), meta={"head": head})
 
 
