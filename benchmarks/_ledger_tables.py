@@ -3,6 +3,7 @@ shared CPU, and writing OUT.md + OUT.json."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
@@ -11,6 +12,22 @@ from typing import Any
 from compress.ledger import Ledger
 
 BASELINE = "baseline"
+
+
+def table_parser(doc: str, title: str) -> argparse.ArgumentParser:
+    """The arguments every table takes: the study directory, OUT, a title and --reprofile."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("study", type=Path, help="a study's output directory (holding results.sqlite)")
+    p.add_argument("--out", type=Path, help="write OUT.md and OUT.json (default: print the table)")
+    p.add_argument("--title", default=title)
+    p.add_argument("--reprofile", type=int, default=0, metavar="ROUNDS",
+                   help="re-measure tokens/s in ROUNDS interleaved rounds (fresh process per model)")
+    return p
+
+
+def baseline_tasks(cells: list[dict]) -> list[str]:
+    """The task cells the FP baseline was evaluated on, sorted: the table's accuracy columns."""
+    return sorted({c["cell"] for c in cells if c["variant"] == BASELINE})
 
 
 def mean(values: list[float]) -> float | None:

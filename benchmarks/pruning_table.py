@@ -10,12 +10,20 @@ at batch 1, measured on the saved variant in a fresh process; the backend column
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks._ledger_tables import BASELINE, batch1_tokens_per_s, mean, reprofile, reprofile_note, write_table
+from benchmarks._ledger_tables import (
+    BASELINE,
+    baseline_tasks,
+    batch1_tokens_per_s,
+    mean,
+    reprofile,
+    reprofile_note,
+    table_parser,
+    write_table,
+)
 from benchmarks._ledger_tables import fmt as _f
 from compress.ledger import Ledger
 
@@ -149,17 +157,12 @@ def reprofile_rows(ledger: Ledger, rows: list[dict], rounds: int, batch_sizes: t
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("study", type=Path, help="a study's output directory (holding results.sqlite)")
-    p.add_argument("--out", type=Path, help="write OUT.md and OUT.json (default: print the table)")
-    p.add_argument("--title", default="Pruning and recovery")
-    p.add_argument("--reprofile", type=int, default=0, metavar="ROUNDS",
-                   help="re-measure tokens/s in ROUNDS interleaved rounds (fresh process per model)")
+    p = table_parser(__doc__, "Pruning and recovery")
     p.add_argument("--batch-sizes", default="1,32", help="batch sizes to re-measure (1 must be among them)")
     a = p.parse_args(argv)
     ledger = Ledger(a.study / "results.sqlite")
     rows = pruning_rows(ledger)
-    tasks = sorted({c["cell"] for c in ledger.cells() if c["variant"] == BASELINE})
+    tasks = baseline_tasks(ledger.cells())
     batch_sizes = tuple(int(b) for b in a.batch_sizes.split(","))
     profiling = reprofile_rows(ledger, rows, a.reprofile, batch_sizes) if a.reprofile else None
     text = render(rows, tasks, a.title) + (reprofile_note(profiling) if profiling else "")

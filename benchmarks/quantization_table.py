@@ -14,12 +14,20 @@ process. Skipped or failed variants are listed with their reason."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks._ledger_tables import BASELINE, batch1_tokens_per_s, mean, reprofile, reprofile_note, write_table
+from benchmarks._ledger_tables import (
+    BASELINE,
+    baseline_tasks,
+    batch1_tokens_per_s,
+    mean,
+    reprofile,
+    reprofile_note,
+    table_parser,
+    write_table,
+)
 from benchmarks._ledger_tables import fmt as _f
 from compress.ledger import Ledger
 
@@ -49,7 +57,7 @@ def is_eight_bit(step: dict) -> bool:
 
 def quantization_rows(ledger: Ledger) -> tuple[list[dict[str, Any]], list[str]]:
     cells = ledger.cells()
-    tasks = sorted({c["cell"] for c in cells if c["variant"] == BASELINE})
+    tasks = baseline_tasks(cells)
     base_by_task = {c["cell"]: c["accuracy"] for c in cells if c["variant"] == BASELINE}
     base_acc = mean(list(base_by_task.values()))
     variants = ledger.variants()
@@ -164,12 +172,7 @@ def reprofile_rows(ledger: Ledger, rows: list[dict], rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("study", type=Path, help="a study's output directory (holding results.sqlite)")
-    p.add_argument("--out", type=Path, help="write OUT.md and OUT.json (default: print the table)")
-    p.add_argument("--title", default="Quantization methods on the embedded model (CPU)")
-    p.add_argument("--reprofile", type=int, default=0, metavar="ROUNDS",
-                   help="re-measure tokens/s in ROUNDS interleaved rounds (fresh process per model)")
+    p = table_parser(__doc__, "Quantization methods on the embedded model (CPU)")
     p.add_argument("--profile-from", type=Path, metavar="JSON", help="reuse tokens/s from an earlier OUT.json")
     a = p.parse_args(argv)
     ledger = Ledger(a.study / "results.sqlite")

@@ -79,7 +79,7 @@ def greedy_generate_batch(model, input_ids: torch.Tensor, attention_mask: torch.
     cache = DynamicCache(config=model.config)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   past_key_values=cache, use_cache=True, **_last_logits_only(model)).logits[:, -1, :]
+                   past_key_values=cache, use_cache=True, **logits_to_keep(model, 1)).logits[:, -1, :]
     next_pos = position_ids[:, -1:] + 1
     for step in range(max_new_tokens):
         tokens = logits.argmax(-1)
@@ -113,13 +113,13 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
 
 
-def _last_logits_only(model) -> dict:
-    """`logits_to_keep=1` where the model's forward takes it: the prefill then projects only the last
-    position onto the vocabulary instead of every prompt position (the same logits for that position)."""
+def logits_to_keep(model, keep: int) -> dict:
+    """`logits_to_keep=keep` where the model's forward takes it (transformers' causal LMs do): only the last
+    `keep` positions are projected onto the vocabulary, with the same logits there; else no argument."""
     import inspect
 
     try:
-        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        return {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     except (TypeError, ValueError):  # pragma: no cover - a forward without a readable signature
         return {}
 

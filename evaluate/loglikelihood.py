@@ -20,14 +20,13 @@ on slimlab's frozen prompts.
 
 from __future__ import annotations
 
-import inspect
 import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from evaluate.generation import encode_prompt, model_device
+from evaluate.generation import encode_prompt, logits_to_keep, model_device
 from evaluate.tasks.base import Item
 
 if TYPE_CHECKING:
@@ -64,7 +63,6 @@ def continuation_logprobs(
     start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
     device = model_device(model)
     seqs: list[tuple[list[int], int]] = []
     for ctx, cont in encoded:
@@ -89,9 +87,8 @@ def continuation_logprobs(
             ids[row, width - len(seq) :] = torch.tensor(seq)
             mask[row, width - len(seq) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        kwargs = {"logits_to_keep": keep + 1} if keep_arg else {}
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       position_ids=positions.to(device), **kwargs).logits
+                       position_ids=positions.to(device), **logits_to_keep(model, keep + 1)).logits
         # logits at position p predict token p + 1: the last `keep` tokens come from positions -keep-1 .. -2
         logp = torch.log_softmax(logits[:, -(keep + 1) : -1, :].float(), dim=-1)
         token_lp = logp.gather(-1, ids[:, width - keep :].to(logp.device).unsqueeze(-1)).squeeze(-1)

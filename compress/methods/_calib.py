@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -50,14 +50,19 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 @torch.no_grad()
 def run_calibration(model: torch.nn.Module, ctx: StepContext, n: int, seq_len: int, batch_size: int,
-                    on_batch: Any = None) -> None:
+                    on_batch: Any = None, hooks: Sequence[Any] = ()) -> None:
     """Forward the calibration texts through the model (hooks collect what they need); on_batch(mask)
-    is called before each batch with its attention mask, so hooks can skip padding."""
-    texts = calibration_texts(ctx, n, seq_len)
-    was_training = model.training
-    model.eval()
-    for batch in token_batches(ctx.tokenizer, texts, seq_len, batch_size, model_device(model)):
-        if on_batch is not None:
-            on_batch(batch["attention_mask"])
-        model(**batch, use_cache=False)
-    model.train(was_training)
+    is called before each batch with its attention mask, so hooks can skip padding. `hooks` (the
+    collecting handles) are removed afterwards, also when a forward fails."""
+    try:
+        texts = calibration_texts(ctx, n, seq_len)
+        was_training = model.training
+        model.eval()
+        for batch in token_batches(ctx.tokenizer, texts, seq_len, batch_size, model_device(model)):
+            if on_batch is not None:
+                on_batch(batch["attention_mask"])
+            model(**batch, use_cache=False)
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()

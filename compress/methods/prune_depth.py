@@ -100,13 +100,9 @@ def block_influence(model: Any, ctx: StepContext, params: DepthParams) -> list[f
         state["mask"] = mask.float()
         count[0] += int(mask.sum())
 
+    n, seq_len = calibration_size(params, ctx)
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    try:
-        n, seq_len = calibration_size(params, ctx)
-        run_calibration(model, ctx, n, seq_len, params.batch_size, on_batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_calibration(model, ctx, n, seq_len, params.batch_size, on_batch, hooks=handles)
     return [1.0 - s / max(count[0], 1) for s in sums]
 
 

@@ -112,6 +112,7 @@ def importance(model: Any, ctx: StepContext, params: WidthParams, head_dim: int)
     def on_batch(mask: torch.Tensor) -> None:
         state["mask"] = mask
 
+    n, seq_len = calibration_size(params, ctx)
     handles = []
     for i, layer in enumerate(layers):
         attn, mlp = _attn_mlp(layer)
@@ -119,12 +120,7 @@ def importance(model: Any, ctx: StepContext, params: WidthParams, head_dim: int)
             handles.append(attn.o_proj.register_forward_pre_hook(head_hook(i, attn.o_proj)))
         if params.mlp_ratio:
             handles.append(mlp.down_proj.register_forward_pre_hook(chan_hook(i, mlp.down_proj)))
-    try:
-        n, seq_len = calibration_size(params, ctx)
-        run_calibration(model, ctx, n, seq_len, params.batch_size, on_batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_calibration(model, ctx, n, seq_len, params.batch_size, on_batch, hooks=handles)
     return head_scores, chan_scores
 
 
