@@ -1,9 +1,11 @@
 """Evaluation throughput: slimlab vs lm-evaluation-harness (HF backend), same model, prompts, decoding.
 
 Both run as whole processes (start-up included) on the same frozen prompts with greedy decoding,
-the same stop string and max-new-tokens; outputs are compared item by item. lm-evaluation-harness
-installs Hugging Face's `evaluate`, whose import name clashes with slimlab's `evaluate/` package,
-so it gets a virtualenv of its own (created on first use) and is driven from outside.
+the same stop string and max-new-tokens; outputs are compared item by item. Each harness runs from a
+virtualenv installed the way its users install it (created on first use): lm-evaluation-harness
+because Hugging Face's `evaluate`, which it installs, clashes with slimlab's `evaluate/` package;
+slimlab as README's `pip install -e .`. slimlab is also timed from the interpreter running this script
+(the development venv, with the test extras), where transformers finds scikit-learn and imports it.
 
     python benchmarks/eval_speed.py --task sort16_mixed --n 200 --batch-size 32
 """
@@ -22,7 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LMEVAL_VENV = ROOT / "benchmarks" / ".venv-lmeval"
-LMEVAL_PINS = ["torch==2.13.0", "lm_eval[hf]==0.4.13", "transformers>=5.15,<=5.17"]
+LMEVAL_PINS = [["torch==2.13.0"], ["lm_eval[hf]==0.4.13", "transformers>=5.15,<=5.17"]]
+SLIMLAB_VENV = ROOT / "benchmarks" / ".venv-slimlab"
+SLIMLAB_PINS = [["torch==2.13.0"], ["-e", str(ROOT)]]  # README's install, no test extras
+SLIMLAB, SLIMLAB_DEV, LMEVAL = "slimlab", "slimlab, dev venv", "lm-eval"
+OUT_NAMES = {SLIMLAB: "slimlab", SLIMLAB_DEV: "slimlab-dev", LMEVAL: "lmeval"}
 
 TASK_YAML = """\
 task: slimlab_bench
@@ -44,13 +50,14 @@ metric_list:
 """
 
 
-def ensure_lmeval_venv() -> Path:
-    python = LMEVAL_VENV / "bin" / "python"
+def ensure_venv(venv: Path, installs: list[list[str]]) -> Path:
+    """The venv's bin directory, the venv created and `installs` run in order on first use."""
+    python = venv / "bin" / "python"
     if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(LMEVAL_VENV)], check=True)
-        for pin in (LMEVAL_PINS[:1], LMEVAL_PINS[1:]):
-            subprocess.run([str(python), "-m", "pip", "install", "-q", *pin], check=True)
-    return python
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        for args in installs:
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *args], check=True)
+    return python.parent
 
 
 def frozen_prompts(task: str, n: int, seed: int, work: Path) -> tuple[Path, list[dict], int]:
@@ -115,6 +122,7 @@ def main() -> None:
     a = p.parse_args()
 
     from compress.models import resolve_model_source
+    from evaluate.profiling import THREAD_ENV_PREFIXES
 
     model_dir = resolve_model_source(a.model).location
     work = Path(a.work)
@@ -124,24 +132,37 @@ def main() -> None:
     task_dir.mkdir(exist_ok=True)
     (task_dir / "slimlab_bench.yaml").write_text(
         TASK_YAML.format(data=data, until=json.dumps(["\n"]), max_new_tokens=max_new))
-    lm_python = ensure_lmeval_venv()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    compress_bin = str(Path(sys.executable).parent / "compress")
+    bins = {SLIMLAB: ensure_venv(SLIMLAB_VENV, SLIMLAB_PINS), SLIMLAB_DEV: Path(sys.executable).parent,
+            LMEVAL: ensure_venv(LMEVAL_VENV, LMEVAL_PINS)}
+    # the environment a user has: OpenMP thread-wait tuning left at its default for all (OMP_WAIT_POLICY=PASSIVE,
+    # handy when several jobs share the cores, puts each GEMM's threads to sleep and nearly doubles decode time)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(THREAD_ENV_PREFIXES)}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    sklearn = {k: subprocess.run([str(b / "python"), "-c", "import importlib.util as u; "
+                                  "print(u.find_spec('sklearn') is not None)"], capture_output=True, text=True,
+                                 check=True).stdout.strip() == "True" for k, b in bins.items()}
 
-    times: dict[str, list[float]] = {"slimlab": [], "lm-eval": []}
-    for r in range(a.repeats):
-        out_s, out_l = work / f"slimlab-{r}", work / f"lmeval-{r}"
-        subprocess.run(["rm", "-rf", str(out_s), str(out_l)], check=True)
-        times["slimlab"].append(timed([compress_bin, "eval", model_dir, "--task", a.task, "--n", str(a.n),
-                                       "--seed", str(a.seed), "--batch-size", str(a.batch_size),
-                                       "--out", str(out_s)], env))
-        times["lm-eval"].append(timed([str(lm_python), "-m", "lm_eval", "--model", "hf", "--model_args",
-                                       f"pretrained={model_dir},dtype=float32", "--tasks", "slimlab_bench",
-                                       "--include_path", str(task_dir), "--device", "cpu", "--batch_size",
-                                       str(a.batch_size), "--log_samples", "--output_path", str(out_l)], env))
+    def command(harness: str, out: Path) -> list[str]:
+        if harness == LMEVAL:
+            return [str(bins[LMEVAL] / "python"), "-m", "lm_eval", "--model", "hf", "--model_args",
+                    f"pretrained={model_dir},dtype=float32", "--tasks", "slimlab_bench", "--include_path",
+                    str(task_dir), "--device", "cpu", "--batch_size", str(a.batch_size), "--log_samples",
+                    "--output_path", str(out)]
+        return [str(bins[harness] / "compress"), "eval", model_dir, "--task", a.task, "--n", str(a.n),
+                "--seed", str(a.seed), "--batch-size", str(a.batch_size), "--out", str(out)]
 
-    ours = {json.loads(x)["id"]: json.loads(x)["output"]
-            for x in (work / "slimlab-0" / "samples" / "baseline" / f"{a.task}.jsonl").read_text().splitlines()}
+    times: dict[str, list[float]] = {k: [] for k in bins}
+    for r in range(a.repeats):  # interleaved, so drift in machine load hits every harness alike
+        for harness in bins:
+            out = work / f"{OUT_NAMES[harness]}-{r}"
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            times[harness].append(timed(command(harness, out), env))
+
+    def slimlab_outputs(out: Path) -> dict[str, str]:
+        lines = (out / "samples" / "baseline" / f"{a.task}.jsonl").read_text().splitlines()
+        return {json.loads(x)["id"]: json.loads(x)["output"] for x in lines}
+
+    ours, ours_dev = slimlab_outputs(work / "slimlab-0"), slimlab_outputs(work / "slimlab-dev-0")
     lm_file = next((work / "lmeval-0").rglob("samples_slimlab_bench*.jsonl"))
     theirs = {}
     for line in lm_file.read_text().splitlines():
@@ -154,20 +175,27 @@ def main() -> None:
     result = {
         "task": a.task, "n": a.n, "batch_size": a.batch_size, "model": a.model, "repeats": a.repeats,
         "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
-        "seconds": times, "median_seconds": med,
+        "seconds": times, "median_seconds": med, "scikit_learn_installed": sklearn,
         "items_per_s": {k: a.n / v for k, v in med.items()},
-        "speedup": med["lm-eval"] / med["slimlab"],
+        "speedup": med[LMEVAL] / med[SLIMLAB], "speedup_dev_venv": med[LMEVAL] / med[SLIMLAB_DEV],
         "identical_outputs": same, "identical_after_strip": same_stripped, "compared": len(ours),
+        "dev_venv_identical_to_user_install": sum(ours[i] == ours_dev.get(i) for i in ours),
         "divergences": diverged,
     }
     Path(a.out + ".json").write_text(json.dumps(result, indent=2))
     md = [f"# Evaluation throughput: slimlab vs lm-evaluation-harness ({result['device']})", "",
           f"Task `{a.task}`, {a.n} items, model `{a.model}`, greedy, stop at newline, max {max_new} new tokens, "
-          f"batch size {a.batch_size}; whole process wall-clock, median of {a.repeats}.", "",
-          "| harness | median s | items/s |", "|---|---|---|"]
-    md += [f"| {k} | {med[k]:.1f} | {result['items_per_s'][k]:.2f} |" for k in med]
-    md += ["", f"Speed-up: **{result['speedup']:.2f}x**. Identical outputs item by item: {same}/{len(ours)} "
-           f"({same_stripped}/{len(ours)} after stripping whitespace).", ""]
+          f"batch size {a.batch_size}; whole process wall-clock, median of {a.repeats} interleaved runs.", "",
+          "| harness | installed as | scikit-learn present | median s | items/s |", "|---|---|---|---|---|"]
+    installed = {SLIMLAB: "README: `pip install -e .`", SLIMLAB_DEV: "dev venv: `pip install -e \".[test]\"`",
+                 LMEVAL: "`pip install lm_eval[hf]==0.4.13`"}
+    md += [f"| {k} | {installed[k]} | {'yes' if sklearn[k] else 'no'} | {med[k]:.1f} | "
+           f"{result['items_per_s'][k]:.2f} |" for k in med]
+    md += ["", f"Speed-up: **{result['speedup']:.2f}x** "
+           f"(from the development venv: {result['speedup_dev_venv']:.2f}x). "
+           f"Identical outputs item by item: {same}/{len(ours)} ({same_stripped}/{len(ours)} after stripping "
+           f"whitespace); the two slimlab installs agree on {result['dev_venv_identical_to_user_install']}/"
+           f"{len(ours)}.", ""]
     margins = [d["margin"] for d in diverged if "margin" in d]
     if diverged:
         md += [f"Where they differ ({len(diverged)} items), the first differing token was re-scored unbatched "

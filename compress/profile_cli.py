@@ -243,6 +243,8 @@ def _num(x: float | None, fmt: str = ".2f") -> str:
 
 def render_profile_markdown(result: dict) -> str:
     """A person's view of a profile result: one memory row per variant, one latency row per batch size."""
+    from evaluate.profiling import thread_tuning
+
     host = result.get("host", {})
     out = [f"# Profile: {result['target']} ({result['dtype']}, {result['device_requested']})", ""]
     out.append(f"- weights: {result.get('weights')}")
@@ -252,7 +254,8 @@ def render_profile_markdown(result: dict) -> str:
     if result.get("expected_dense_bytes"):
         out.append(f"- parameters x dtype size: {_mib(result['expected_dense_bytes'])} MiB")
     out.append(f"- host: {host.get('cpu')}, {host.get('cpu_cores')} cores, torch {host.get('torch')}"
-               + (f", GPU {host['gpu']}" if host.get("gpu") else ", no GPU"))
+               + (f", GPU {host['gpu']}" if host.get("gpu") else ", no GPU")
+               + thread_tuning(host))
     s = result.get("settings", {})
     out.append(f"- prompt {s.get('prompt_tokens')} tokens, {s.get('new_tokens')} new tokens, warm-up "
                f"{s.get('warmup')}, median of {s.get('repeats')} repeats; ms/token = (median end-to-end - median "

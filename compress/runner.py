@@ -295,6 +295,9 @@ class Study:
         tokenizer = load_tokenizer(self.source.location, m.trust_remote_code, m.revision)
         cells = self.prepare_cells(tokenizer)
         self._cells = cells
+        # what exists now (imported torch/transformers, tokenizer, frozen prompts) lives for the whole run:
+        # out of the collector's sight, each gc.collect() after a model scans only what that model made
+        gc.freeze()
         self.run_baseline(tokenizer, cells)
         for position, variant in enumerate(self.recipe.variants, start=1):
             self.run_variant(position, variant.name, variant.steps, tokenizer, cells)

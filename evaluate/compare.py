@@ -25,11 +25,9 @@ def load_study(directory: Path) -> tuple[str, dict, list[dict], list[VariantSumm
 
 
 def _combined_plot(studies: list[tuple[str, list[VariantSummary]]]) -> bytes | None:
-    from matplotlib.figure import Figure
+    from evaluate.plots import new_figure, to_png
 
-    from evaluate.plots import to_png
-
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = new_figure((6.4, 4.2))
     ax = fig.subplots()
     drawn = False
     for (label, summaries), marker in zip(studies, ("o", "s"), strict=False):

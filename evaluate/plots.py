@@ -7,12 +7,22 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from evaluate.pareto import VariantSummary, pareto_front
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 DPI = 110
+
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """matplotlib is imported here, when a figure is really drawn: its import costs a quarter of a second,
+    which a study with nothing to plot (a lone baseline) need not pay."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
 
 
 def to_png(fig: Figure) -> bytes:
@@ -28,12 +38,12 @@ def data_uri(png: bytes) -> str:
 def accuracy_vs_cost(summaries: Sequence[VariantSummary], cost: str, xlabel: str, scale: float = 1.0,
                      chosen: str | None = None) -> bytes | None:
     """Scatter of mean accuracy against one cost, every point labelled, the 2-D Pareto front drawn as
-    a step line and ringed; None when fewer than one variant has both numbers."""
+    a step line and ringed; None when fewer than two variants have both numbers (one point compares nothing)."""
     pts = [s for s in summaries if s.mean_accuracy is not None and getattr(s, cost) is not None]
-    if not pts:
+    if len(pts) < 2:
         return None
     front = set(pareto_front(pts, (("mean_accuracy", "max"), (cost, "min"))))
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = new_figure((6.4, 4.2))
     ax = fig.subplots()
     xs = [getattr(s, cost) / scale for s in pts]
     ys = [s.mean_accuracy for s in pts]
@@ -71,7 +81,7 @@ def delta_heatmap(summaries: Sequence[VariantSummary], tasks: Sequence[str]) -> 
                      for s in rows], dtype=float)
     finite = grid[np.isfinite(grid)]
     lim = max(float(np.abs(finite).max()) if finite.size else 1.0, 1.0)
-    fig = Figure(figsize=(max(4.0, 1.1 * len(tasks) + 2.5), max(2.0, 0.45 * len(rows) + 1.4)))
+    fig = new_figure((max(4.0, 1.1 * len(tasks) + 2.5), max(2.0, 0.45 * len(rows) + 1.4)))
     ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     ax.set_xticks(range(len(tasks)), labels=list(tasks), rotation=30, ha="right", fontsize=8)
@@ -92,7 +102,7 @@ def batch_sweep(profiles: dict[str, list[dict]]) -> bytes | None:
     usable = {v: rows for v, rows in usable.items() if rows}
     if len({r["batch_size"] for rows in usable.values() for r in rows}) < 2:
         return None
-    fig = Figure(figsize=(9.0, 3.8))
+    fig = new_figure((9.0, 3.8))
     ax1, ax2 = fig.subplots(1, 2)
     for v, rows in usable.items():
         b = [r["batch_size"] for r in rows]

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_")  # OpenMP / MKL runtime tuning
+
 
 @dataclass(frozen=True)
 class ProfileConfig:
@@ -106,7 +108,10 @@ def host_description() -> dict:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 0
     out = {"cpu": cpu, "cpu_cores": cores, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-           "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}  # >cores: timings contended
+           "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # >cores: timings contended
+           # OpenMP/MKL tuning changes CPU timings a lot (OMP_WAIT_POLICY=PASSIVE nearly doubles a small model's
+           # decode step): a reading names it
+           "thread_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(THREAD_ENV_PREFIXES)}}
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name()
         out["cuda"] = torch.version.cuda
@@ -250,7 +255,12 @@ def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int
 def _device_label(device: str, host: dict) -> str:
     if device.startswith("cuda") and "gpu" in host:
         return f"CUDA {host['gpu']}"
-    return f"CPU ({host['cpu']}, {host['cpu_cores']} cores, {host['torch_threads']} torch threads)"
+    return f"CPU ({host['cpu']}, {host['cpu_cores']} cores, {host['torch_threads']} torch threads{thread_tuning(host)})"
+
+
+def thread_tuning(host: dict) -> str:
+    """", OMP_WAIT_POLICY=PASSIVE"-style suffix naming the thread-runtime tuning a reading ran under ("" if none)."""
+    return "".join(f", {k}={v}" for k, v in host.get("thread_env", {}).items())
 
 
 def profile_model_dir(location: str, dtype: str, device: str, config: ProfileConfig,

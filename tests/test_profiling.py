@@ -65,6 +65,18 @@ def test_tiny_model_profile(tiny_dir):
     assert result["peak_rss_bytes"] >= max(result["load_peak_rss_bytes"], result["generation_peak_rss_bytes"])
 
 
+def test_host_description_names_thread_runtime_tuning(monkeypatch):
+    from evaluate.profiling import _device_label, host_description
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    host = host_description()
+    assert host["thread_env"].get("OMP_WAIT_POLICY") == "PASSIVE"
+    assert "OMP_WAIT_POLICY=PASSIVE" in _device_label("cpu", host)
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert "OMP_WAIT_POLICY" not in host_description()["thread_env"]
+
+
 def test_kv_cache_counts_bf16_bytes():
     from transformers import AutoModelForCausalLM
 

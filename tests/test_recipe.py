@@ -115,3 +115,21 @@ def test_cli_validate_exit_code_and_message(tmp_path, config_only_model):
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 2
     assert "tasks[0].n = 0" in result.output and "greater than or equal to 1" in result.output
+
+
+def test_console_entry_keeps_exit_codes_output_and_exit_handlers(tmp_path, config_only_model):
+    """The `compress` executable skips the interpreter's teardown: exit codes, piped output and atexit
+    handlers must survive that."""
+    import subprocess
+    import sys
+
+    entry = ("import atexit; atexit.register(lambda: print('exit handler ran', flush=True)); "
+             "from compress.cli import console_main; console_main()")
+    bad = write_recipe(tmp_path, GOOD.format(model=config_only_model).replace("n: 5", "n: 0"))
+    failed = subprocess.run([sys.executable, "-c", entry, "validate", str(bad)], capture_output=True, text=True,
+                            timeout=120)
+    assert failed.returncode == 2 and "tasks[0].n = 0" in failed.stderr
+    assert "exit handler ran" in failed.stdout
+    listed = subprocess.run([sys.executable, "-c", entry, "tasks"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "sort16_mixed" in listed.stdout and "gsm8k" in listed.stdout
+    assert listed.stdout.rstrip().endswith("exit handler ran")
