@@ -22,7 +22,25 @@ def table_parser(doc: str, title: str) -> argparse.ArgumentParser:
     p.add_argument("--title", default=title)
     p.add_argument("--reprofile", type=int, default=0, metavar="ROUNDS",
                    help="re-measure tokens/s in ROUNDS interleaved rounds (fresh process per model)")
+    p.add_argument("--profile-from", type=Path, metavar="JSON",
+                   help="re-render with the tokens/s of an earlier OUT.json (no new measurement)")
     return p
+
+
+SPEED_KEYS = ("tokens_per_s", "speed", "fp_tokens_per_s")  # the row keys a --reprofile run fills
+
+
+def reuse_profile(rows: list[dict], earlier_json: Path) -> dict | None:
+    """Speed columns (every tokens/s and speed-up key) and backends of an earlier --reprofile run copied into
+    `rows`; returns that run's profiling info."""
+    earlier = json.loads(earlier_json.read_text())
+    before = {r["variant"]: r for r in earlier["rows"]}
+    for r in rows:
+        old = before.get(r["variant"], {})
+        r.update({k: v for k, v in old.items() if k.startswith(SPEED_KEYS) or k == "backend"})
+        if isinstance(r.get("tokens_per_s_by_batch"), dict):  # JSON turned the batch sizes into strings
+            r["tokens_per_s_by_batch"] = {int(b): v for b, v in r["tokens_per_s_by_batch"].items()}
+    return earlier.get("reprofile")
 
 
 def baseline_tasks(cells: list[dict]) -> list[str]:
@@ -64,12 +82,14 @@ def reprofile(ledger: Ledger, names: list[str], rounds: int, repeats: int = PROF
                            tuple(batch_sizes))
     dirs = {n: (ledger.variant(n) or {}).get("model_dir") for n in names}
     samples: dict[str, list[dict]] = {n: [] for n in names}
+    backends: dict[str, str] = {}
     device = None
     for _ in range(rounds):
         for n in names:
             result = profile_in_subprocess(dirs[n], m.get("dtype", "float32"), m.get("device", "cpu"), config,
                                            m.get("trust_remote_code", False))
             device = result.get("device", device)
+            backends[n] = result["footprint"]["backend"]  # what ran in the process that was timed
             for row in result["batches"]:
                 samples[n].append({"batch_size": row["batch_size"], "tokens_per_s": row["tokens_per_s"],
                                    "load_avg_1m": result.get("load_avg_1m_after"),
@@ -77,7 +97,13 @@ def reprofile(ledger: Ledger, names: list[str], rounds: int, repeats: int = PROF
     medians = {n: {b: statistics.median([x["tokens_per_s"] for x in v if x["batch_size"] == b and not x["paused"]
                                          and x["tokens_per_s"]] or [float("nan")]) for b in batch_sizes}
                for n, v in samples.items()}
-    return medians, samples, {"rounds": rounds, "config": config.__dict__, "device": device}
+    return medians, samples, {"rounds": rounds, "config": config.__dict__, "device": device, "backends": backends}
+
+
+def use_timed_backends(rows: list[dict], info: dict) -> None:
+    """The backend column from the processes that were just timed (a label fixed since the study ran shows)."""
+    for r in rows:
+        r["backend"] = info.get("backends", {}).get(r["variant"], r["backend"])
 
 
 def reprofile_note(info: dict) -> str:

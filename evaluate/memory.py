@@ -187,6 +187,8 @@ def _compressed_tensors_kind(module: torch.nn.Module) -> str:
     else:
         acts = ""
         math = "dense matmul"
+    if hasattr(module, "_original_forward_func"):  # compressed_tensors.offload.offload_module wrapped it
+        math += "; weights and inputs pass compressed-tensors' offload wrapper on every call"
     return f"compressed-tensors {fmt} {weights}{acts} ({held}; {math})"
 
 

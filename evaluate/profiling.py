@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_")  # OpenMP / MKL runtime tuning
+SET_BY_LIBRARIES = ("KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")  # bitsandbytes sets these on import: not tuning
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def host_description() -> dict:
            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # >cores: timings contended
            # OpenMP/MKL tuning changes CPU timings a lot (OMP_WAIT_POLICY=PASSIVE nearly doubles a small model's
            # decode step): a reading names it
-           "thread_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(THREAD_ENV_PREFIXES)}}
+           "thread_env": {k: v for k, v in sorted(os.environ.items())
+                          if k.startswith(THREAD_ENV_PREFIXES) and k not in SET_BY_LIBRARIES}}
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name()
         out["cuda"] = torch.version.cuda

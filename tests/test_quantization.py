@@ -219,7 +219,8 @@ def test_overrides_reach_each_backend(tmp_path, tiny_model):
 CAL = {"n_samples": 4, "seq_len": 48}
 # (method, params, in-memory bits/param range after reload, stored bits/param range, backend words, logit tol)
 ROUND_TRIPS = [
-    ("rtn", {"bits": 4, "group_size": 128}, (32, 33), (4.1, 4.35), ("int4 g128", "decompressed"), 1e-4),
+    ("rtn", {"bits": 4, "group_size": 128}, (32, 33), (4.1, 4.35), ("int4 g128", "decompressed", "offload wrapper"),
+     1e-4),
     ("gptq", {"bits": 4, "group_size": 128, **CAL}, (32, 33), (4.1, 4.35), ("int4 g128", "dense matmul"), 1e-4),
     ("gptq", {"bits": 8, "group_size": -1, "actorder": "none", **CAL}, (32, 33), (8.0, 8.4),
      ("int8 per-channel",), 1e-4),
