@@ -296,13 +296,17 @@ class Study:
         cells = self.prepare_cells(tokenizer)
         self._cells = cells
         # what exists now (imported torch/transformers, tokenizer, frozen prompts) lives for the whole run:
-        # out of the collector's sight, each gc.collect() after a model scans only what that model made
+        # out of the collector's sight, each gc.collect() after a model scans only what that model made.
+        # Unfrozen afterwards, so a process that runs several studies can still collect what is older.
         gc.freeze()
-        self.run_baseline(tokenizer, cells)
-        for position, variant in enumerate(self.recipe.variants, start=1):
-            self.run_variant(position, variant.name, variant.steps, tokenizer, cells)
-        for position, api in enumerate(self.recipe.api_models, start=len(self.recipe.variants) + 1):
-            self.run_api_model(position, api, tokenizer, cells)
+        try:
+            self.run_baseline(tokenizer, cells)
+            for position, variant in enumerate(self.recipe.variants, start=1):
+                self.run_variant(position, variant.name, variant.steps, tokenizer, cells)
+            for position, api in enumerate(self.recipe.api_models, start=len(self.recipe.variants) + 1):
+                self.run_api_model(position, api, tokenizer, cells)
+        finally:
+            gc.unfreeze()
         self.ledger.finish_run(run_id, self.computed)
         return write_outputs(self.ledger, self.out_dir, self.recipe)
 

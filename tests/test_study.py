@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def test_rerun_recomputes_nothing(study_dir):
     study = Study(recipe, study_dir / "out")
     study.run()
     assert study.computed == []
+    assert gc.get_freeze_count() == 0  # a run freezes the collector's old objects only while it runs
     assert json.loads(Ledger(study_dir / "out/results.sqlite").last_run()["computed"]) == []
     assert json.loads((study_dir / "out/results.json").read_text()) == json.loads(before)
 
