@@ -84,22 +84,24 @@ def divergences(model_dir: str, prompts: dict[str, str], ours: dict[str, str], t
     """For each item whose outputs differ: the first token where they part, and the logit margin there between
     the two choices, computed unbatched (batch 1, no padding). A margin near fp32 round-off means the two
     harnesses differ only by padding/batch-shape numerics, not by decoding logic."""
+    differing = {i: (mine, theirs.get(i) or "") for i, mine in ours.items()
+                 if mine.strip() != (theirs.get(i) or "").strip()}
+    if not differing:
+        return []
     import torch
 
     from compress.models import load_model, load_tokenizer
+    from evaluate.generation import encode_prompt
 
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
     found = []
-    for i, mine in ours.items():
-        other = theirs.get(i) or ""
-        if mine.strip() == other.strip():
-            continue
+    for i, (mine, other) in differing.items():
         a, b = tok(mine, add_special_tokens=False)["input_ids"], tok(other, add_special_tokens=False)["input_ids"]
         k = next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         if k >= min(len(a), len(b)):  # one output is a prefix of the other: stopped at different points
             found.append({"id": i, "token": k, "kind": "one stops earlier"})
             continue
-        ids = torch.tensor([tok(prompts[i])["input_ids"] + a[:k]])
+        ids = torch.tensor([encode_prompt(tok, prompts[i]) + a[:k]])  # the prompt as both harnesses encode it
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, -1].double()
         found.append({"id": i, "token": k, "kind": "different token",
