@@ -1,5 +1,6 @@
-"""Calibration texts for the methods that need them: the project's synthetic tasks (offline), a
-Hugging Face dataset (online), or a local JSONL/text file."""
+"""Calibration texts for the methods that need them: real text shipped with slimlab (WikiText-2 validation,
+GSM8K train: what a real model should be calibrated on), the toy model's synthetic tasks, a Hugging Face
+dataset (online), or a local JSONL/text file. Never the evaluation items."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
+
+from evaluate.tasks._hf import PACKAGED_ROOT
 
 
 def synthetic_texts(n: int, seed: int) -> list[str]:
@@ -57,16 +60,49 @@ def hf_texts(spec: str, n: int, seed: int) -> list[str]:
     return [str(r[field]) for r in ds]
 
 
+PACKAGED_SOURCES = {
+    "wikitext2": "WikiText-2 validation paragraphs (packaged, CC BY-SA 3.0)",
+    "gsm8k": "GSM8K train problems with their worked solutions (packaged, MIT)",
+}
+
+
+def wikitext2_texts(n: int, seed: int) -> list[str]:
+    """Paragraphs of WikiText-2 validation (headings and short lines dropped), seeded order."""
+    path = PACKAGED_ROOT / "wikitext2" / "valid.txt"
+    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+             if len(line.strip()) >= 200 and not line.strip().startswith("=")]
+    random.Random(seed).shuffle(texts)
+    return texts[:n]
+
+
+def gsm8k_texts(n: int, seed: int) -> list[str]:
+    """GSM8K train problems, each with its reference solution (calculator annotations kept as written)."""
+    rows = [json.loads(line) for line in (PACKAGED_ROOT / "gsm8k" / "train.jsonl").read_text().splitlines() if line]
+    random.Random(seed).shuffle(rows)
+    return [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows[:n]]
+
+
+def resolve_source(source: str, model_kind: str) -> str:
+    """`auto`: the toy model's own synthetic tasks for the embedded model, real text (WikiText-2) for a real one."""
+    if source != "auto":
+        return source
+    return "synthetic" if model_kind == "embedded" else "wikitext2"
+
+
 def calibration_provider(source: str, seed: int) -> Callable[[int, int], list[str]]:
     def provide(n_samples: int, seq_len: int) -> list[str]:
         if source == "synthetic":
             return synthetic_texts(n_samples, seed)
+        if source == "wikitext2":
+            return wikitext2_texts(n_samples, seed)
+        if source == "gsm8k":
+            return gsm8k_texts(n_samples, seed)
         if source.startswith("hf:"):
             return hf_texts(source, n_samples, seed)
         path = Path(source)
         if not path.exists():
-            raise FileNotFoundError(f"calibration.source {source!r}: no such file; use 'synthetic', "
-                                    "'hf:<dataset>[:split[:field]]' or a .jsonl/.txt path")
+            raise FileNotFoundError(f"calibration.source {source!r}: no such file; use 'auto', 'wikitext2', "
+                                    "'gsm8k', 'synthetic', 'hf:<dataset>[:split[:field]]' or a .jsonl/.txt path")
         return file_texts(path, n_samples, seed)
 
     return provide

@@ -26,13 +26,57 @@ def _setup_logging(verbose: bool) -> None:
     warnings.filterwarnings("once", message=".*MatMul8bitLt.*")
 
 
+def _fail(lines: list[str], header: str | None = None, code: int = 2) -> None:
+    """Bad input: one clear line per problem on stderr, no traceback, exit code 2."""
+    if header:
+        click.echo(header, err=True)
+    for line in lines:
+        click.echo(line, err=True)
+    sys.exit(code)
+
+
 def _load_or_exit(recipe_path: str):
     try:
         return load_recipe(recipe_path)
     except RecipeError as exc:
-        click.echo(f"invalid recipe ({len(exc.issues)} problem{'s' * (len(exc.issues) > 1)}):", err=True)
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+        _fail([str(exc)], f"invalid recipe ({len(exc.issues)} problem{'s' * (len(exc.issues) > 1)}):")
+    except Exception as exc:  # a bug, not bad input: still one line, and a distinct exit code
+        _fail([f"{recipe_path}: internal error while validating ({type(exc).__name__}: {str(exc)[:300]}); "
+               "this is a slimlab bug: please report it with the recipe"], code=1)
+
+
+def _preflight(recipe, out: str | None) -> None:
+    """What `run` checks beyond validation, before any heavy work: the output directory actually used, and
+    that the model's weights are present and complete (validation accepts a config-only directory). A hub
+    model found in the local cache while the hub is unreachable runs offline instead of waiting on retries."""
+    from compress.models import (
+        ModelSourceError,
+        go_offline,
+        hub_offline,
+        hub_unreachable,
+        resolve_model_source,
+        weights_problems,
+    )
+    from compress.recipe import output_problem
+
+    problems = []
+    target = out if out is not None else recipe.output
+    if (why := output_problem(target)) is not None:
+        problems.append(f"{'--out' if out is not None else 'output'} {target!r}: {why}")
+    try:
+        source = resolve_model_source(recipe.model.name)
+    except ModelSourceError as exc:
+        problems.append(f"model.name {recipe.model.name!r}: {exc}")
+    else:
+        if source.kind in ("path", "embedded"):
+            problems.extend(f"model.name {recipe.model.name!r}: {why}"
+                            for why in weights_problems(Path(source.location), require=True))
+        elif source.kind == "hub" and not hub_offline() and (why := hub_unreachable()) is not None:
+            logging.getLogger("slimlab").warning("the hub is unreachable (%s): running offline from the local cache",
+                                                 why)
+            go_offline()
+    if problems:
+        _fail(problems, f"cannot run ({len(problems)} problem{'s' * (len(problems) > 1)}):")
 
 
 @click.group()
@@ -48,10 +92,20 @@ def main() -> None:
 def run(recipe: str, out: str | None, verbose: bool) -> None:
     """Run the study in RECIPE; rerunning into the same directory resumes."""
     _setup_logging(verbose)
+    if out is not None:
+        from compress.recipe import output_problem
+
+        if (why := output_problem(out)) is not None:
+            _fail([f"--out {out!r}: {why}"], "cannot run (1 problem):")
     parsed = _load_or_exit(recipe)
+    _preflight(parsed, out)
+    from compress.models import ModelSourceError
     from compress.runner import run_study
 
-    results = run_study(parsed, out)
+    try:
+        results = run_study(parsed, out)
+    except ModelSourceError as exc:  # the model turned out unusable when loaded: bad input, not a crash
+        _fail([f"model.name {parsed.model.name!r}: {exc}"], "cannot run (1 problem):")
     click.echo(f"results: {results}\nreport:  {results.parent / 'report.md'}")
 
 
@@ -84,7 +138,8 @@ def eval_(model: str, tasks_: tuple[str, ...], n: int, prompt_style: str, k_shot
     try:
         recipe = recipe_from_dict(data)
     except RecipeError as exc:
-        raise click.ClickException(str(exc)) from exc
+        _fail([str(exc)], f"invalid arguments ({len(exc.issues)} problem{'s' * (len(exc.issues) > 1)}):")
+    _preflight(recipe, out)
     results = run_study(recipe, out)
     click.echo(f"results: {results}")
 

@@ -27,6 +27,10 @@ class MethodParams(BaseModel):
         Returns (field, message-with-fix) pairs; empty when the setting fits the model."""
         return []
 
+    def uses_calibration(self) -> bool:
+        """Whether the step reads the study's calibration text (recorded with each build)."""
+        return "n_samples" in type(self).model_fields
+
     def check_chain(self, earlier: list[MethodSpec]) -> list[tuple[str, str]]:
         """Checks that need the steps before this one (e.g. a format this step cannot train on).
 

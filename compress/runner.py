@@ -13,16 +13,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.calibration import calibration_provider
+import torch
+
+from compress.calibration import calibration_provider, resolve_source
 from compress.ledger import Ledger
-from compress.models import disk_bytes, load_model, load_tokenizer, resolve_model_source, save_model
+from compress.models import (
+    disk_bytes,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_model_source,
+    save_model,
+    source_info,
+)
 from compress.recipe import BASELINE, Recipe, TaskEntry
 from compress.registry import StepContext, load_builtin_methods
+from evaluate.fidelity import evaluate_windows
 from evaluate.generation import DecodingConfig
 from evaluate.harness import PromptSet, build_prompt_set, evaluate_cell, load_prompt_set, save_prompt_set
 from evaluate.memory import measure_footprint, stored_bits_per_param
 from evaluate.profiling import ProfileConfig, profile_in_subprocess
-from evaluate.prompts import PromptConfig
+from evaluate.prompts import PromptConfig, decoding_for, resolve_chat_template
+from evaluate.tasks.perplexity import default_seq_len
 
 log = logging.getLogger("slimlab")
 
@@ -49,6 +61,7 @@ class Study:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.out_dir / "results.sqlite")
         self.source = resolve_model_source(self.recipe.model.name)
+        self.model_config: Any = None  # read once the source is materialized (run())
         self.methods = load_builtin_methods()
         from evaluate.bertscore import configure  # the encoder of bertscore_recall tasks (SNI)
 
@@ -61,8 +74,12 @@ class Study:
         return self.recipe.fingerprint(m.name, m.revision, m.dtype, m.device)
 
     def variant_key(self, steps: list[dict]) -> str:
-        return self.recipe.fingerprint(self.baseline_key(), steps, self.recipe.calibration.model_dump(),
-                                       self.recipe.seed)
+        return self.recipe.fingerprint(self.baseline_key(), steps, self.calibration_spec(), self.recipe.seed)
+
+    def calibration_spec(self) -> dict:
+        """The calibration a variant was built with, `auto` resolved (recorded with each build)."""
+        c = self.recipe.calibration
+        return {**c.model_dump(), "source": resolve_source(c.source, self.source.kind)}
 
     def cell_key(self, variant_key: str, cell: Cell) -> str:
         scorer = [self.recipe.bertscore.model_dump()] if cell.pset.task.metric == "bertscore_recall" else []
@@ -74,53 +91,79 @@ class Study:
         cells = []
         for entry in self.recipe.tasks:
             seed = self.recipe.seed if entry.seed is None else entry.seed
-            prompt = PromptConfig(entry.prompt_style, entry.k_shot, entry.definition, entry.chat_template)
+            prompt = PromptConfig(entry.prompt_style, entry.k_shot, entry.definition,
+                                  resolve_chat_template(entry.chat_template, tokenizer))
             path = self.out_dir / "prompts" / f"{entry.cell}.jsonl"
             meta_path = path.with_suffix(".json")
             spec_key = self.recipe.fingerprint(entry.model_dump(), seed, self.recipe.model.name)
             if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == spec_key:
                 pset = load_prompt_set(path, entry.cell, entry.name)
             else:
-                pset = build_prompt_set(entry.cell, entry.name, entry.n, seed, prompt, tokenizer, entry.data_dir)
+                pset = build_prompt_set(entry.cell, entry.name, entry.n, seed, prompt, tokenizer, entry.data_dir,
+                                        entry.seq_len or default_seq_len(tokenizer, self.model_config))
                 save_prompt_set(pset, path)
                 meta_path.write_text(json.dumps({"key": spec_key, "digest": pset.digest,
                                                  "exemplars": pset.exemplar_ids}))
             d = self.recipe.decoding
+            stop, budget = decoding_for(pset.task, prompt)
             decoding = DecodingConfig(
-                max_new_tokens=entry.max_new_tokens or pset.task.max_new_tokens,
-                stop=tuple(entry.stop) if entry.stop is not None else pset.task.stop,
+                max_new_tokens=entry.max_new_tokens or budget,
+                stop=tuple(entry.stop) if entry.stop is not None else stop,
                 do_sample=d.do_sample, temperature=d.temperature, top_p=d.top_p, seed=seed,
-                batch_size=d.batch_size,
+                batch_size=d.batch_size, repeat_count=DecodingConfig.repeat_count if d.stop_repeats else 0,
             )
             cells.append(Cell(entry, pset, decoding))
         return cells
 
     # evaluation -----------------------------------------------------------------------------
     def evaluate_model(self, variant: str, model: Any, tokenizer: Any, key: str, cells: list[Cell]) -> None:
+        reference = _Reference(self.source.location, self.recipe.model) if variant != BASELINE else None
+        try:
+            for cell in cells:
+                ckey = self.cell_key(key, cell)
+                if (cached := self.ledger.cell(variant, cell.entry.cell, ckey)) is not None:
+                    self.rejudge(variant, cell, ckey, cached)
+                    continue
+                if cell.pset.task.windows and not isinstance(model, torch.nn.Module):
+                    continue  # an API model has no next-token distribution to compare
+                sample_dir = self.out_dir / "samples" / variant
+                partial = sample_dir / f"{cell.entry.cell}.partial.jsonl"
+                log.info("evaluating %s on %s (%d items)", variant, cell.entry.cell, len(cell.pset.items))
+                t0 = time.perf_counter()
+                metrics, samples = self.evaluate_cell(cell, model, tokenizer, partial, reference)
+                metrics = {**metrics, "eval_s": time.perf_counter() - t0, "metric": cell.pset.task.metric}
+                final = sample_dir / f"{cell.entry.cell}.jsonl"
+                final.write_text("".join(json.dumps(s) + "\n" for s in samples))
+                partial.unlink(missing_ok=True)
+                self.ledger.put_cell(variant, cell.entry.cell, cell.entry.name, ckey, metrics)
+                self.computed.append(f"{variant}/{cell.entry.cell}")
+        finally:
+            if reference is not None:
+                reference.release()
+
+    def evaluate_cell(self, cell: Cell, model: Any, tokenizer: Any, partial: Path, reference: _Reference | None,
+                      extras: bool = True) -> tuple[dict, list[dict]]:
+        """(metrics, samples) of one model on one cell: generation and scoring, or token windows. `extras`:
+        also log-likelihood choices and the judge (not for the intermediate stages of a chain)."""
         from evaluate.loglikelihood import apply_loglik
         from evaluate.metrics import batch_scorer_for
 
-        for cell in cells:
-            ckey = self.cell_key(key, cell)
-            if (cached := self.ledger.cell(variant, cell.entry.cell, ckey)) is not None:
-                self.rejudge(variant, cell, ckey, cached)
-                continue
-            sample_dir = self.out_dir / "samples" / variant
-            partial = sample_dir / f"{cell.entry.cell}.partial.jsonl"
-            log.info("evaluating %s on %s (%d items)", variant, cell.entry.cell, len(cell.pset.items))
-            t0 = time.perf_counter()
-            result = evaluate_cell(model, tokenizer, cell.pset, cell.decoding, partial, cell.entry.repeats,
-                                   batch_scorer_for(cell.pset.task))
-            # multiple choice: also score each option by log-likelihood (samples gain loglik_choice)
-            loglik = apply_loglik(model, tokenizer, cell.pset, result.samples, cell.decoding.batch_size)
-            metrics = {**result.metrics, **loglik, "eval_s": time.perf_counter() - t0,
-                       "metric": cell.pset.task.metric}
+        if cell.pset.task.windows:
+            windows = [[int(t) for t in p.split()] for p in cell.pset.prompts]
+            metrics, samples = evaluate_windows(model, windows, [it.id for it in cell.pset.items], partial,
+                                                reference.load if reference is not None else None)
+            return {**metrics, "seq_len": float(len(windows[0])), "tokenizer": _tokenizer_name(tokenizer)}, samples
+        result = evaluate_cell(model, tokenizer, cell.pset, cell.decoding, partial, cell.entry.repeats,
+                               batch_scorer_for(cell.pset.task))
+        metrics = dict(result.metrics)
+        if extras:  # multiple choice: also score each option by log-likelihood (samples gain loglik_choice)
+            metrics.update(apply_loglik(model, tokenizer, cell.pset, result.samples, cell.decoding.batch_size))
             metrics.update(self.judge(cell, result.samples))
-            final = sample_dir / f"{cell.entry.cell}.jsonl"
-            final.write_text("".join(json.dumps(s) + "\n" for s in result.samples))
-            partial.unlink(missing_ok=True)
-            self.ledger.put_cell(variant, cell.entry.cell, cell.entry.name, ckey, metrics)
-            self.computed.append(f"{variant}/{cell.entry.cell}")
+        if result.metrics["truncated"] > 0.05 * len(result.samples):
+            log.warning("%s: %d of %d outputs hit max_new_tokens=%d before ending (their answers may be cut); "
+                        "raise tasks[].max_new_tokens for %s", cell.entry.cell, result.metrics["truncated"],
+                        len(result.samples), cell.decoding.max_new_tokens, cell.entry.cell)
+        return metrics, result.samples
 
     # LLM judge and API models (evaluate/judge.py, evaluate/api_model.py) ---------------------
     def judge(self, cell: Cell, samples: list[dict]) -> dict:
@@ -186,7 +229,8 @@ class Study:
     def run_baseline(self, tokenizer: Any, cells: list[Cell]) -> None:
         key = self.baseline_key()
         m = self.recipe.model
-        self.ledger.upsert_variant(BASELINE, key, position=0, steps=[], model_dir=self.source.location)
+        self.ledger.upsert_variant(BASELINE, key, position=0, steps=[], model_dir=self.source.location,
+                                   build={"source": source_info(self.source.location)})
         if self.cells_pending(BASELINE, key, cells):
             model = load_model(self.source.location, m.dtype, m.device, m.trust_remote_code, m.revision)
             self.ledger.upsert_variant(BASELINE, key, footprint=measure_footprint(model).as_dict(), status="ok")
@@ -219,7 +263,7 @@ class Study:
         ctx = StepContext(tokenizer=tokenizer, source_dir=Path(self.source.location), workdir=work,
                           seed=self.recipe.seed, device=m.device, dtype=m.dtype,
                           trust_remote_code=m.trust_remote_code,
-                          calibration=calibration_provider(self.recipe.calibration.source, self.recipe.seed),
+                          calibration=calibration_provider(self.calibration_spec()["source"], self.recipe.seed),
                           extras={"recipe": self.recipe})
         timings = []
         for i, step in enumerate(steps):
@@ -237,24 +281,29 @@ class Study:
         shutil.rmtree(work, ignore_errors=True)
         del model
         gc.collect()
-        marker.write_text(json.dumps({"key": key, "steps": steps, "timings": timings, "format": fmt}))
+        uses = [s["method"] for s in steps if self.methods[s["method"]].params.model_validate(
+            {k: v for k, v in s.items() if k != "method"}).uses_calibration()]
+        calibration = {**self.calibration_spec(), "used_by": uses} if uses else None
+        marker.write_text(json.dumps({"key": key, "steps": steps, "timings": timings, "format": fmt,
+                                      "calibration": calibration}))
         self.computed.append(f"{name}/build")
         return model_dir
 
     def on_stage(self, variant: str, key: str, stage: int, method: str, model: Any, tokenizer: Any) -> None:
         """Evaluate an intermediate model of a chain so each step's cost shows in the report."""
-        from evaluate.metrics import batch_scorer_for
-
         footprint = measure_footprint(model).as_dict()
-        for cell in self._cells:
-            skey = self.cell_key(key, cell)
-            if self.ledger.stage(variant, stage, cell.entry.cell, skey) is not None:
-                continue
-            partial = self.out_dir / "samples" / variant / f"stage{stage}-{cell.entry.cell}.partial.jsonl"
-            result = evaluate_cell(model, tokenizer, cell.pset, cell.decoding, partial, cell.entry.repeats,
-                                   batch_scorer_for(cell.pset.task))
-            self.ledger.put_stage(variant, stage, method, cell.entry.cell, skey, result.metrics, footprint)
-            self.computed.append(f"{variant}/stage{stage}/{cell.entry.cell}")
+        reference = _Reference(self.source.location, self.recipe.model)
+        try:
+            for cell in self._cells:
+                skey = self.cell_key(key, cell)
+                if self.ledger.stage(variant, stage, cell.entry.cell, skey) is not None:
+                    continue
+                partial = self.out_dir / "samples" / variant / f"stage{stage}-{cell.entry.cell}.partial.jsonl"
+                metrics, _ = self.evaluate_cell(cell, model, tokenizer, partial, reference, extras=False)
+                self.ledger.put_stage(variant, stage, method, cell.entry.cell, skey, metrics, footprint)
+                self.computed.append(f"{variant}/stage{stage}/{cell.entry.cell}")
+        finally:
+            reference.release()
 
     def run_variant(self, position: int, name: str, steps: list[dict], tokenizer: Any, cells: list[Cell]) -> None:
         key = self.variant_key(steps)
@@ -292,6 +341,8 @@ class Study:
 
         run_id = self.ledger.start_run(self.recipe.model_dump())
         m = self.recipe.model
+        self.source.materialize()  # a GGUF file becomes a checkpoint directory once (cached across studies)
+        self.model_config = load_config(self.source.location, m.trust_remote_code, m.revision)
         tokenizer = load_tokenizer(self.source.location, m.trust_remote_code, m.revision)
         cells = self.prepare_cells(tokenizer)
         self._cells = cells
@@ -309,6 +360,27 @@ class Study:
             gc.unfreeze()
         self.ledger.finish_run(run_id, self.computed)
         return write_outputs(self.ledger, self.out_dir, self.recipe)
+
+
+class _Reference:
+    """The FP model, loaded on first use while a variant is evaluated (fidelity windows compare with it)."""
+
+    def __init__(self, location: str, spec: Any) -> None:
+        self.location, self.spec, self.model = location, spec, None
+
+    def load(self) -> Any:
+        if self.model is None:
+            s = self.spec
+            self.model = load_model(self.location, s.dtype, s.device, s.trust_remote_code, s.revision)
+        return self.model
+
+    def release(self) -> None:
+        self.model = None
+        gc.collect()
+
+
+def _tokenizer_name(tokenizer: Any) -> str:
+    return f"{type(tokenizer).__name__} {getattr(tokenizer, 'name_or_path', '')} (vocab {len(tokenizer)})"
 
 
 def _weights_disk_bytes(model_dir: Path) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from evaluate.generation import DecodingConfig, truncate_at_stop
+from evaluate.generation import DecodingConfig, Generation, truncate_at_stop
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_STOP = 4  # the OpenAI API accepts at most four stop sequences
@@ -155,7 +155,7 @@ class APIModel:
     def backend(self) -> str:
         return f"OpenAI-compatible API {self.client.model} @ {self.client.host}"
 
-    def _one(self, prompt: str, config: DecodingConfig) -> str:
+    def _one(self, prompt: str, config: DecodingConfig) -> Generation:
         sampled = config.do_sample
         result = self.client.chat([{"role": "user", "content": prompt}], max_tokens=config.max_new_tokens,
                                   temperature=config.temperature if sampled else 0.0, seed=config.seed,
@@ -163,12 +163,13 @@ class APIModel:
         with self._lock:
             self.requests.append(result)
         # the server may ignore `stop`; cut locally exactly as the local generate() does
-        return truncate_at_stop(result.text, config.stop)
+        finish = "length" if result.finish_reason == "length" else "stop"
+        return Generation(truncate_at_stop(result.text, config.stop), finish, result.completion_tokens or 0)
 
     def generate_texts(self, prompts: Sequence[str], config: DecodingConfig,
-                       on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+                       on_batch: Callable[[list[int], list[Generation]], None] | None = None) -> list[Generation]:
         """Completions in order; `on_batch` is called per chunk of `batch_size` so finished work persists."""
-        outputs = [""] * len(prompts)
+        outputs: list[Generation] = [Generation("", "stop", 0)] * len(prompts)
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             for start in range(0, len(prompts), config.batch_size):
                 idx = list(range(start, min(start + config.batch_size, len(prompts))))

@@ -9,15 +9,17 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluate.generation import DecodingConfig, generate
+from evaluate.generation import DecodingConfig, Generation, generate
 from evaluate.prompts import PromptConfig, apply_chat_template, pick_exemplars, render_prompt
 from evaluate.scoring import score_output
 from evaluate.tasks import TASKS, Item, TaskSpec, load_builtin_tasks
+from evaluate.tasks.perplexity import default_seq_len, window_items
 
 
 @dataclass
@@ -41,10 +43,14 @@ def build_prompt_set(
     prompt: PromptConfig,
     tokenizer: Any = None,
     data_dir: str | None = None,
+    seq_len: int | None = None,
 ) -> PromptSet:
     load_builtin_tasks()
     task = TASKS[task_name]
     items = task.load(n=n, seed=seed, split="test", data_dir=data_dir)
+    if task.windows:  # token windows of the corpus: the "prompts" are their token ids
+        items, prompts = window_items(tokenizer, items[0].question, seq_len or default_seq_len(tokenizer), n)
+        return PromptSet(cell, task, items, prompts)
     exemplars: list[Item] = []
     if task.exemplars is not None:  # per-item shots, e.g. SNI's Positive Examples of each item's task file
         shots = [task.exemplars(it, prompt.k_shot, data_dir) if prompt.k_shot else [] for it in items]
@@ -122,6 +128,10 @@ def summarize(samples: list[dict], repeats: int, breakdown: tuple[str, ...] = ()
         "accuracy": statistics.fmean(per_repeat),
         "instruction_following": 100.0 * sum(s["followed"] for s in samples) / max(len(samples), 1),
         "n": float(len(samples) // repeats),
+        # outputs cut by max_new_tokens (their answer may never have come) and which rule read each answer
+        "truncated": float(sum(s.get("finish") == "length" for s in samples)),
+        "repeat_loops": float(sum(s.get("finish") == "repeat" for s in samples)),  # ended in a repetition loop
+        "rules": dict(Counter(s["rule"] for s in samples).most_common()),
     }
     if repeats > 1:
         metrics["accuracy_std"] = statistics.stdev(per_repeat)
@@ -149,13 +159,14 @@ def evaluate_cell(
             continue
         dec = DecodingConfig(**{**decoding.__dict__, "seed": decoding.seed + 1000 * repeat})
 
-        def persist(idx: list[int], texts: list[str], todo: list[int] = todo, repeat: int = repeat) -> None:
+        def persist(idx: list[int], gens: list[Generation], todo: list[int] = todo, repeat: int = repeat) -> None:
             with partial_path.open("a") as f:
-                for j, text in zip(idx, texts, strict=True):
+                for j, gen in zip(idx, gens, strict=True):
                     item = pset.items[todo[j]]
-                    s = score_output(pset.task, item, text)
-                    record = {"id": item.id, "repeat": repeat, "prompt": pset.prompts[todo[j]], "output": text,
-                              "gold": item.gold, **s.as_dict(), "meta": item.meta}
+                    s = score_output(pset.task, item, gen.text)
+                    record = {"id": item.id, "repeat": repeat, "prompt": pset.prompts[todo[j]], "output": gen.text,
+                              "finish": gen.finish, "new_tokens": gen.n_tokens, "gold": item.gold, **s.as_dict(),
+                              "meta": item.meta}
                     done[(item.id, repeat)] = record
                     f.write(json.dumps(record) + "\n")
 

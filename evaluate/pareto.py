@@ -46,8 +46,9 @@ class VariantSummary:
 
 
 def summarize_variants(rows: Sequence[dict[str, Any]]) -> list[VariantSummary]:
-    """One summary per variant, in row order; a task without a value counts as missing, not as zero."""
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    """One summary per variant, in row order; a task without a value counts as missing, not as zero.
+    Tasks scored lower-is-better (perplexity) have their own report section and stay out of the means."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows if r.get("higher_is_better", True)))
     out = []
     for name in dict.fromkeys(r["variant"] for r in rows):
         mine = {r["task"]: r for r in rows if r["variant"] == name}

@@ -18,7 +18,31 @@ class PromptConfig:
     style: PromptStyle = "direct"
     k_shot: int = 0
     definition: bool = False
-    chat_template: bool = False
+    chat_template: bool = False  # resolved: a recipe's "auto" becomes True when the tokenizer has a template
+
+    @property
+    def free_form(self) -> bool:
+        """Chain of thought or a chat turn: the model chooses its answer's length and layout."""
+        return self.style == "cot" or self.chat_template
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_chat_template(setting: bool | str, tokenizer: Any) -> bool:
+    """`auto`: on when the tokenizer has a chat template (instruct models), off otherwise (base models)."""
+    return has_chat_template(tokenizer) if setting == "auto" else bool(setting)
+
+
+def decoding_for(task: TaskSpec, config: PromptConfig) -> tuple[tuple[str, ...], int]:
+    """(stop strings, max_new_tokens) a prompt style needs. A stop string may only end an answer, never cut
+    one: plain direct prompts ask for the answer on one line and stop at the task's `stop` (a newline);
+    chain-of-thought and chat prompts stop at EOS / the end-of-turn token (always on) or at the start of a
+    new exemplar, as lm-evaluation-harness's gsm8k does ("Question:"), with a budget for real reasoning."""
+    if not config.free_form:
+        return task.stop, task.max_new_tokens
+    return ((task.item_marker,) if task.item_marker else ()), max(task.max_new_tokens_free, task.max_new_tokens)
 
 
 def _answer_text(item: Item, style: PromptStyle) -> str:
@@ -47,7 +71,7 @@ def render_prompt(
 
 def apply_chat_template(tokenizer: Any, prompt: str) -> str:
     """Wrap a plain prompt as one user turn of the model's own chat template."""
-    if not getattr(tokenizer, "chat_template", None):
+    if not has_chat_template(tokenizer):
         raise ValueError(
             "prompt chat_template: true, but the tokenizer has no chat_template; "
             "set chat_template: false for this model"

@@ -26,7 +26,15 @@ BASELINE = "baseline"
 log = logging.getLogger("slimlab")
 
 # cell metrics with their own place in the report; any other number is listed under "Other metrics"
-CORE_METRICS = {"accuracy", "instruction_following", "n", "accuracy_std", "eval_s"}
+CORE_METRICS = {"accuracy", "instruction_following", "n", "accuracy_std", "eval_s", "truncated", "rules",
+                "repeat_loops", "perplexity", "nll_mean", "n_tokens", "seq_len", "kl_mean", "kl_p50", "kl_p90",
+                "kl_p99", "kl_max", "top1_agreement"}
+LOWER_IS_BETTER = {"perplexity"}  # metrics whose delta is not a gain; they stay out of mean accuracy
+
+
+def cell_value(c: dict) -> float | None:
+    """A cell's headline number: its metric's own value (perplexity), else accuracy (percent)."""
+    return c.get(c.get("metric", "accuracy"), c.get("accuracy"))
 
 
 def _batch1(profile: dict | None) -> dict:
@@ -70,7 +78,7 @@ def result_rows(ledger: Ledger) -> list[dict[str, Any]]:
         mine = {c["cell"]: c for c in cells if c["variant"] == v["variant"]}
         for cell in task_cells or list(mine):
             c = mine.get(cell)
-            value = c["accuracy"] if c else None
+            value = cell_value(c) if c else None
             b = base.get(cell)
             extra, breakdowns = _extras(c)
             rows.append({
@@ -79,7 +87,10 @@ def result_rows(ledger: Ledger) -> list[dict[str, Any]]:
                 "metric": (c or b or {}).get("metric", "accuracy"),
                 "value": value,
                 "n": int(c["n"]) if c else None,
-                "delta_vs_baseline": (value - b["accuracy"]) if (c and b) else None,
+                "delta_vs_baseline": (value - cell_value(b)) if (c and b and value is not None) else None,
+                "higher_is_better": (c or b or {}).get("metric") not in LOWER_IS_BETTER,
+                "truncated": c.get("truncated") if c else None,
+                "rules": c.get("rules") if c else None,
                 "instruction_following": c.get("instruction_following") if c else None,
                 "accuracy_std": c.get("accuracy_std") if c else None,
                 "weight_bytes": fp.get("weight_bytes"),
@@ -178,16 +189,88 @@ def _accuracy(rows: list[dict], variants: list[str], tasks: list[str], by: dict,
                 continue
             d = r["delta_vs_baseline"]
             std = f" ± {r['accuracy_std']:.1f}" if r.get("accuracy_std") is not None else ""
-            cells.append(f"{r['value']:.1f}{std}" + ("" if v == BASELINE or d is None else f" ({d:+.1f})"))
-            if d is not None:
+            digits = ".1f" if r.get("higher_is_better", True) else ".3f"
+            cells.append(f"{r['value']:{digits}}{std}" + ("" if v == BASELINE or d is None else f" ({d:+{digits}})"))
+            if d is not None and r.get("higher_is_better", True):
                 deltas.append(d)
         mean_delta = "" if v == BASELINE else (f"{sum(deltas) / len(deltas):+.1f}" if deltas else "—")
         body.append([v, _cell(first[v]["steps"]), *cells, mean_delta])
     metric_names = {t: next((r["metric"] for r in rows if r["task"] == t), "accuracy") for t in tasks}
     header = ["variant", "steps"] + [t if metric_names[t] == "accuracy" else f"{t} ({metric_names[t]})"
                                      for t in tasks] + ["mean Δ"]
-    out = ["## Accuracy", "", "Per task: score (Δ vs baseline, points); ± is the spread over sampled repeats.", ""]
+    out = ["## Accuracy", "", "Per task: score (Δ vs baseline, points); ± is the spread over sampled repeats. "
+           "Perplexity (lower is better) is shown with its Δ but stays out of mean Δ.", ""]
     return out + _table(header, body)
+
+
+def _fidelity(variants: list[str], tasks: list[str], cells: dict) -> list[str]:
+    """Perplexity cells: perplexity and its change, and the variant's agreement with the FP model's
+    next-token distribution on the same windows (KL per token, top-1 agreement), as llama.cpp reports."""
+    out: list[str] = []
+    for t in tasks:
+        got = {v: cells.get((v, t)) for v in variants}
+        if not any(c and "perplexity" in c for c in got.values()):
+            continue
+        base = got.get(BASELINE) or {}
+        sample = next(c for c in got.values() if c and "perplexity" in c)
+        out += [f"## Fidelity to the FP model: {t}", "",
+                f"{int(sample['n'])} windows of {int(sample.get('seq_len', 0))} tokens "
+                f"({int(sample['n_tokens']):,} predicted tokens; tokenizer {sample.get('tokenizer', '?')}). "
+                "KL = KL(FP || variant) of the next-token distribution per token; top-1 = share of positions "
+                "where both models' most likely next token is the same.", ""]
+        body = []
+        for v, c in got.items():
+            if not c or "perplexity" not in c:
+                continue
+            ratio = c["perplexity"] / base["perplexity"] if base.get("perplexity") else None
+            body.append([v, f"{c['perplexity']:.3f}", "" if v == BASELINE else _fmt(ratio, ".4f"),
+                         "0" if v == BASELINE else _fmt(c.get("kl_mean"), ".5f"),
+                         _fmt(c.get("kl_p50"), ".5f"), _fmt(c.get("kl_p90"), ".5f"), _fmt(c.get("kl_p99"), ".4f"),
+                         _fmt(c.get("kl_max"), ".3f"),
+                         "100" if v == BASELINE else _fmt(c.get("top1_agreement"), ".2f")])
+        out += _table(["variant", "perplexity", "× FP", "mean KL", "KL p50", "KL p90", "KL p99", "KL max",
+                       "top-1 agreement (%)"], body)
+    return out
+
+
+def _extraction(variants: list[str], tasks: list[str], cells: dict) -> list[str]:
+    """How each answer was read (the parser's rule per output) and how many outputs ran out of tokens."""
+    body = []
+    for t in tasks:
+        for v in variants:
+            c = cells.get((v, t))
+            if not c or not c.get("rules"):
+                continue
+            n = sum(c["rules"].values())
+            rules = ", ".join(f"{rule} {count}" for rule, count in c["rules"].items())
+            body.append([t, v, str(n), f"{int(c.get('truncated', 0))}", f"{int(c.get('repeat_loops', 0))}",
+                         f"{100 * c['rules'].get('none', 0) / n:.1f}", _cell(rules)])
+    if not body:
+        return []
+    return ["## Answer extraction", "",
+            "Which rule of the parser read each output's answer (guessing rules such as last_number do not "
+            "count as following the format), how many outputs hit max_new_tokens before ending (truncated: their "
+            "answer may never have come; raise max_new_tokens), and how many were ended in a repetition loop (the "
+            "same 16 tokens for the 4th time: greedy decoding never leaves such a loop, more tokens would not help).",
+            "", *_table(["task", "variant", "outputs", "truncated", "repetition loops", "no answer (%)", "rules"],
+                        body)]
+
+
+def _model_note(ledger: Ledger) -> list[str]:
+    """Where the baseline's weights came from, when that matters for reading the results (a GGUF file)."""
+    base = ledger.variant(BASELINE) or {}
+    source = (base.get("build") or {}).get("source")
+    if not source:
+        return []
+    types = ", ".join(f"{n} {t}" for t, n in source.get("tensor_types", {}).items())
+    quantized = [t for t in source.get("tensor_types", {}) if t not in ("F32", "F16", "BF16")]
+    out = [f"**Baseline weights.** The FP baseline is `{Path(source['gguf_file']).name}` dequantized to "
+           f"{source.get('dtype', 'float32')} (tensors: {types}; sha256 {source.get('sha256', '?')[:12]}…)."]
+    if quantized:
+        out.append(f"Its weights already lie on the {'/'.join(quantized)} grid, so re-quantizing them to 4 bits "
+                   "loses less than it would from a bf16 checkpoint: 4-bit variants may look kinder here than on "
+                   "the original model, and 8-bit ones nearly free.")
+    return [" ".join(out), ""]
 
 
 def _instruction_following(variants: list[str], tasks: list[str], by: dict) -> list[str]:
@@ -320,8 +403,9 @@ def _stages(ledger: Ledger) -> list[str]:
     out = ["## Accuracy after each step of a chain", "", "| variant | after step | task | accuracy |",
            "|---|---|---|---|"]
     for s in stages:
+        value = cell_value(s["metrics"])
         out.append(f"| {s['variant']} | {s['stage'] + 1}: {s['method']} | {s['cell']} | "
-                   f"{s['metrics']['accuracy']:.1f} |")
+                   f"{_fmt(value, '.1f' if 'perplexity' not in s['metrics'] else '.3f')} |")
     out.append("")
     return out
 
@@ -359,11 +443,16 @@ def render_markdown(rows: list[dict], ledger: Ledger, title: str, recipe: dict |
     out += [(f"Model `{model}`. " if model else "") + "Accuracy in percent on identical prompts and decoding; "
             "Δ is the change against the FP baseline in points. Memory and latency are measured on the format "
             "that ran (backend column).", ""]
+    out += _model_note(ledger)
     out += _recommendation(selection, explicit)
     out += _accuracy(rows, variants, tasks, by, first)
+    cells = {(c["variant"], c["cell"]): c for c in ledger.cells()}
+    out += _fidelity(variants, tasks, cells)
     out += _pareto(summaries, selection.chosen, figures)
     out += _heatmap(summaries, tasks, figures)
-    out += _instruction_following(variants, tasks, by)
+    out += _instruction_following(variants, [t for t in tasks if (by.get((BASELINE, t)) or {}).get(
+        "higher_is_better", True)], by)
+    out += _extraction(variants, tasks, cells)
     out += _other_metrics(rows, variants, tasks, by)
     out += _efficiency(variants, first)
     out += _profiles(ledger, figures)

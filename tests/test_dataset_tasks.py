@@ -167,16 +167,34 @@ def test_missing_field_and_missing_file_errors_name_the_fix(tmp_path):
 
 def test_no_network_and_no_data_dir_names_data_dir_and_file(monkeypatch):
     def offline(*_args, **_kwargs):
-        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)")
+        raise ConnectionError("Couldn't reach 'qintongli/GSM-Plus' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(_hf, "_hub_rows", offline)
     load_builtin_tasks()
     with pytest.raises(_hf.DatasetUnavailable) as err:
-        TASKS["gsm8k"].load(n=5, seed=0, split="test", data_dir=None)
+        TASKS["gsm_plus"].load(n=5, seed=0, split="test", data_dir=None)
     msg = str(err.value)
-    assert "openai/gsm8k" in msg and "data_dir" in msg and "test.jsonl" in msg and "['question', 'answer']" in msg
+    assert "qintongli/GSM-Plus" in msg and "data_dir" in msg and "test.jsonl" in msg
+    assert "['question', 'solution', 'answer', 'perturbation_type', 'seed_question']" in msg
     with pytest.raises(_hf.DatasetUnavailable, match=r"validation\.jsonl"):
         TASKS["hellaswag"].load(n=5, seed=0, split="test", data_dir=None)
+
+
+def test_packaged_gsm8k_and_math500_load_with_no_network_and_no_data_dir(monkeypatch):
+    """GSM8K test/train and MATH-500 test ship with slimlab: the hub is never asked for them."""
+    def offline(*_args, **_kwargs):
+        raise AssertionError("the hub must not be asked for a packaged split")
+
+    monkeypatch.setattr(_hf, "_hub_rows", offline)
+    load_builtin_tasks()
+    test = TASKS["gsm8k"].load(n=5000, seed=0, split="test", data_dir=None)
+    assert len(test) == 1319 and all(it.question.startswith("Question: ") for it in test)
+    assert test[0].gold == "18" and test[0].target.endswith("The answer is 18.")  # Janet's ducks, #### 18
+    assert len(TASKS["gsm8k"].load(n=10**5, seed=0, split="train", data_dir=None)) > 7400
+    math500 = TASKS["math500"].load(n=1000, seed=0, split="test", data_dir=None)
+    assert len(math500) == 500 and {it.meta["level"] for it in math500} == {f"Level {i}" for i in range(1, 6)}
+    assert "packaged copy evaluate/data/gsm8k/test.jsonl" in _hf.data_origin("gsm8k", "test")
+    assert _hf.data_origin("gsm8k", "test", "/d") == "data_dir /d"
 
 
 def test_real_datasets_call_offline_gives_the_same_message():

@@ -33,7 +33,7 @@ def test_every_trained_task_family_is_learned_on_held_out_items(embedded):
         pset = build_prompt_set(task, task, N_ITEMS, 1234, PromptConfig())
         decoding = DecodingConfig(max_new_tokens=pset.task.max_new_tokens, stop=pset.task.stop, batch_size=32)
         outputs = generate(model, tok, pset.prompts, decoding)
-        accuracy[task] = sum(score_output(pset.task, it, out).correct
+        accuracy[task] = sum(score_output(pset.task, it, out.text).correct
                              for it, out in zip(pset.items, outputs, strict=True)) / N_ITEMS
     assert min(accuracy.values()) >= FLOOR, accuracy
     assert sum(accuracy.values()) / len(accuracy) >= 0.85, accuracy

@@ -57,6 +57,9 @@ class DistillParams(MethodParams):
 
     accepts_quantized: ClassVar[bool] = True  # as QLoRA, on the formats in QLORA_FORMATS (see check_chain)
 
+    def uses_calibration(self) -> bool:
+        return self.data == "calibration"
+
     @field_validator("teacher")
     @classmethod
     def _teacher(cls, v: str | None) -> str | None:
@@ -95,7 +98,7 @@ def _is_quantized(model: Any) -> bool:
 def load_teacher(params: DistillParams, ctx: StepContext) -> Any:
     from compress.models import load_model, resolve_model_source
 
-    location = ctx.source_dir if params.teacher is None else resolve_model_source(params.teacher).location
+    location = ctx.source_dir if params.teacher is None else resolve_model_source(params.teacher).materialize().location
     teacher = load_model(str(location), "float32", ctx.device, ctx.trust_remote_code)
     teacher.requires_grad_(False)
     return teacher

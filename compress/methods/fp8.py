@@ -19,6 +19,9 @@ class FP8Params(CalibratedParams):
     activations: Literal["dynamic", "static"] = Field(
         "dynamic", description="dynamic: per-token scales at run time; static: per-tensor scales from calibration")
 
+    def uses_calibration(self) -> bool:
+        return self.activations == "static"
+
 
 def apply(model: Any, params: FP8Params, ctx: StepContext) -> Any:
     from llmcompressor.modifiers.quantization import QuantizationModifier

@@ -30,8 +30,14 @@ class TaskSpec:
     answer_type: AnswerType
     load: Callable[..., list[Item]]  # load(n=, seed=, split=, data_dir=) -> items
     definition: str = ""  # the instruction shown when a prompt style asks for one
+    # Plain direct prompts (no chain of thought, no chat template) want the bare answer on one line: they end
+    # at `stop` (a newline) within `max_new_tokens`. Chain-of-thought and chat-template prompts let the model
+    # write its own layout: they end at EOS / end of turn / a new exemplar (`item_marker`), within
+    # `max_new_tokens_free` (see evaluate.prompts.decoding_for).
     max_new_tokens: int = 64
-    stop: tuple[str, ...] = ("\n",)  # generation ends at the first of these (EOS always ends it)
+    stop: tuple[str, ...] = ("\n",)
+    max_new_tokens_free: int = 256
+    item_marker: str = "Question:"  # how each question (and so a new exemplar the model starts) begins
     family: str = ""  # groups tasks in reports (sorting, math, multiple_choice, sni, ...)
     metric: str = "accuracy"
     offline: bool = True  # True when items can be produced with no network and no data_dir
@@ -42,6 +48,9 @@ class TaskSpec:
     # None = k seeded shots drawn once from the task's train split and shared by every item
     exemplars: Callable[[Item, int, str | None], list[Item]] | None = None
     needs_data_dir: str = ""  # non-empty: the task reads local files; the message says what data_dir must hold
+    # True: no generation; `load` gives one corpus item that the harness cuts into token windows, scored by
+    # their log-likelihood (perplexity) and against the FP model (evaluate/fidelity.py); lower is better
+    windows: bool = False
 
 
 TASKS: dict[str, TaskSpec] = {}

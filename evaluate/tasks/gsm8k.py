@@ -53,6 +53,7 @@ register_task(
         load=load_gsm8k,
         definition=GSM8K_DEFINITION,
         max_new_tokens=256,
+        max_new_tokens_free=512,  # real chains of thought (lm-eval's gsm8k allows 256; small models ramble)
         family="math",
         offline=False,
     )

@@ -56,6 +56,7 @@ for _name, _split, _size in (("gsm_plus", "test", "10,552"), ("gsm_plus_mini", "
             load=_loader(_name),
             definition=GSM_PLUS_DEFINITION,
             max_new_tokens=256,
+            max_new_tokens_free=512,
             family="math",
             offline=False,
             breakdown=("perturbation",),

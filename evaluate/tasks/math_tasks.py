@@ -112,6 +112,7 @@ register_task(
         load=_loader("math", _hendrycks("math")),
         definition=MATH_DEFINITION,
         max_new_tokens=512,
+        max_new_tokens_free=1024,  # competition solutions run longer than GSM8K's
         family="math",
         offline=False,
         breakdown=("level", "type"),
@@ -125,6 +126,7 @@ register_task(
         load=_loader("math500", _math500),
         definition=MATH_DEFINITION,
         max_new_tokens=512,
+        max_new_tokens_free=1024,  # competition solutions run longer than GSM8K's
         family="math",
         offline=False,
         breakdown=("level", "type"),

@@ -115,6 +115,8 @@ for _length in (8, 16, 32):
                 load=_make_sort_loader(_name, _length, _lo, 99),
                 definition=SORT_DEFINITION,
                 max_new_tokens={8: 64, 16: 128, 32: 256}[_length],
+                max_new_tokens_free={8: 256, 16: 384, 32: 512}[_length],
+                item_marker="Sort these numbers",
                 family="sorting",
             )
         )
