@@ -1,17 +1,74 @@
-"""What the benchmark tables share: reading a finished study's ledger, re-measuring tokens/s fairly on a
-shared CPU, and writing OUT.md + OUT.json."""
+"""What the benchmark tables share: reading a finished study's ledger (typed records, evaluate/records.py) with
+each step's method metadata from the registry (kind, weight bits, its own label), re-measuring tokens/s fairly on
+a shared CPU, and writing OUT.md + OUT.json."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.ledger import Ledger
+from compress.recipe import ModelSpec, ProfileSpec
+from compress.registry import METHODS, MethodKind, MethodParams, MethodSpec, make_step
+from evaluate.ledger import Ledger
+from evaluate.records import CellRecord, VariantRecord
 
 BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a variant as the tables read it: the method's registered metadata (kind, weight bits, label)
+    with its typed parameters. `spec` is None for what is no registered method (an API model's "api:<model>")."""
+
+    method: str
+    spec: MethodSpec | None
+    params: MethodParams | None
+
+    @property
+    def kind(self) -> MethodKind | None:
+        return self.spec.kind if self.spec else None
+
+    @property
+    def weight_bits(self) -> float | None:
+        return self.params.weight_bits() if self.params is not None else None
+
+    @property
+    def setting(self) -> str:
+        """The method's own short label of this setting ("W4 g128", "50% 2:4"); "" when it has none."""
+        return self.params.describe() if self.params is not None else ""
+
+    @property
+    def label(self) -> str:
+        """"gptq W4 g128 actorder=none": the method and its setting."""
+        return f"{self.method} {self.setting}".rstrip()
+
+
+def typed_steps(variant: VariantRecord) -> list[Step]:
+    """A variant's steps with their methods' metadata; a registered method's parameters validated into its
+    model (every parameter is stored, so the label shows what ran, defaults included)."""
+    out = []
+    for step in variant.steps:
+        method = str(step.get("method"))
+        spec = METHODS.find(method)
+        params = make_step(method, **{k: v for k, v in step.items() if k != "method"}) if spec else None
+        out.append(Step(method, spec, params))
+    return out
+
+
+def weight_bits(steps: list[Step]) -> float | None:
+    """Bits of the weights after the chain: the last step that sets them (None: the FP weights)."""
+    return next((b for s in reversed(steps) if (b := s.weight_bits) is not None), None)
+
+
+def study_settings(ledger: Ledger) -> tuple[ModelSpec, ProfileSpec]:
+    """The model and profile blocks of the recipe the study last ran with (defaults if it never ran)."""
+    run = ledger.last_run()
+    recipe = run.recipe if run else {}
+    return ModelSpec.model_validate(recipe.get("model") or {}), ProfileSpec.model_validate(recipe.get("profile") or {})
 
 
 def table_parser(doc: str, title: str) -> argparse.ArgumentParser:
@@ -43,9 +100,14 @@ def reuse_profile(rows: list[dict], earlier_json: Path) -> dict | None:
     return earlier.get("reprofile")
 
 
-def baseline_tasks(cells: list[dict]) -> list[str]:
+def baseline_tasks(cells: list[CellRecord]) -> list[str]:
     """The task cells the FP baseline was evaluated on, sorted: the table's accuracy columns."""
-    return sorted({c["cell"] for c in cells if c["variant"] == BASELINE})
+    return sorted({c.cell for c in cells if c.variant == BASELINE})
+
+
+def accuracy_by_cell(cells: list[CellRecord], variant: str) -> dict[str, float]:
+    """Accuracy (percent) of a variant per task cell, cells without one (perplexity) left out."""
+    return {c.cell: c.metrics.accuracy for c in cells if c.variant == variant and c.metrics.accuracy is not None}
 
 
 def mean(values: list[float]) -> float | None:
@@ -56,11 +118,15 @@ def fmt(x: Any, spec: str) -> str:
     return "—" if x is None else format(x, spec)
 
 
-def batch1_tokens_per_s(variant: dict) -> float | None:
+def batch1_tokens_per_s(variant: VariantRecord | None) -> float | None:
     """Decode tokens/s at batch 1 from the study's own profile of a variant."""
-    rows = (variant.get("profile") or {}).get("batches") or []
-    b1 = next((r for r in rows if r["batch_size"] == 1), rows[0] if rows else None)
-    return b1.get("tokens_per_s") if b1 else None
+    b1 = variant.profile.batch(1) if variant is not None and variant.profile is not None else None
+    return b1.tokens_per_s if b1 is not None else None
+
+
+def backend_text(variant: VariantRecord | None) -> str | None:
+    """What ran the variant, for people: its footprint's backend (layers' kernels; device)."""
+    return variant.footprint.backend.describe() if variant is not None and variant.footprint is not None else None
 
 
 PROFILE_REPEATS = 10  # timed generations per model and round: the recipes' 3 are too few for a table
@@ -76,24 +142,21 @@ def reprofile(ledger: Ledger, names: list[str], rounds: int, repeats: int = PROF
     measured and where)."""
     from evaluate.profiling import ProfileConfig, profile_in_subprocess
 
-    recipe = json.loads((ledger.last_run() or {}).get("recipe") or "{}")
-    p, m = recipe.get("profile", {}), recipe.get("model", {})
-    config = ProfileConfig(p.get("prompt_tokens", 64), p.get("new_tokens", 32), p.get("warmup", 1), repeats,
-                           tuple(batch_sizes))
-    dirs = {n: (ledger.variant(n) or {}).get("model_dir") for n in names}
+    model, prof = study_settings(ledger)
+    config = ProfileConfig(prof.prompt_tokens, prof.new_tokens, prof.warmup, repeats, tuple(batch_sizes))
+    dirs = {n: v.model_dir if (v := ledger.variant(n)) is not None else None for n in names}
     samples: dict[str, list[dict]] = {n: [] for n in names}
     backends: dict[str, str] = {}
     device = None
     for _ in range(rounds):
         for n in names:
-            result = profile_in_subprocess(dirs[n], m.get("dtype", "float32"), m.get("device", "cpu"), config,
-                                           m.get("trust_remote_code", False))
-            device = result.get("device", device)
-            backends[n] = result["footprint"]["backend"]  # what ran in the process that was timed
-            for row in result["batches"]:
-                samples[n].append({"batch_size": row["batch_size"], "tokens_per_s": row["tokens_per_s"],
-                                   "load_avg_1m": result.get("load_avg_1m_after"),
-                                   "paused": bool(row.get("paused_during_timing"))})
+            result = profile_in_subprocess(dirs[n], model.dtype, model.device, config, model.trust_remote_code)
+            device = result.device
+            # what ran in the process that was timed
+            backends[n] = (result.footprint.backend if result.footprint else result.backend).describe()
+            for row in result.batches:
+                samples[n].append({"batch_size": row.batch_size, "tokens_per_s": row.tokens_per_s,
+                                   "load_avg_1m": result.load_avg_1m_after, "paused": row.paused_during_timing})
     medians = {n: {b: statistics.median([x["tokens_per_s"] for x in v if x["batch_size"] == b and not x["paused"]
                                          and x["tokens_per_s"]] or [float("nan")]) for b in batch_sizes}
                for n, v in samples.items()}

@@ -61,8 +61,8 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ct_offload_overhead_cpu"))
     a = p.parse_args()
 
-    from compress.models import load_model, resolve_model_source
     from evaluate.memory import measure_footprint
+    from evaluate.models import load_model, resolve_model_source
     from evaluate.profiling import _device_label, host_description
 
     models = {"FP": load_model(resolve_model_source(a.baseline).location),

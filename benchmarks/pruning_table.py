@@ -3,10 +3,12 @@ how much distillation gives back, and what it buys in parameters and measured CP
 
     python -m benchmarks.pruning_table runs/pruning --reprofile 5 --out benchmarks/results/pruning_embedded_cpu
 
-Accuracy is the mean over the study's tasks (percent). "before recovery" is the stage evaluated right
-after the step preceding `distill` (the variant needs `eval_stages: true`); "after recovery" the stage
-after `distill` (or the variant itself when distill is its last step). Tokens/s is the study's profiler
-at batch 1, measured on the saved variant in a fresh process; the backend column says what ran."""
+A row is a variant with a pruning step (a registered method of kind "prune"); its recovery is the first
+training step after it (kind "train": distill). Accuracy is the mean over the study's tasks (percent).
+"before recovery" is the stage evaluated right after the step preceding the recovery (the variant needs
+`eval_stages: true`); "after recovery" the stage after the recovery (or the variant itself when recovery is
+its last step). Tokens/s is the study's profiler at batch 1, measured on the saved variant in a fresh
+process; the backend column says what ran."""
 
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ from typing import Any
 
 from benchmarks._ledger_tables import (
     BASELINE,
+    Step,
+    accuracy_by_cell,
+    backend_text,
     baseline_tasks,
     batch1_tokens_per_s,
     mean,
@@ -23,75 +28,68 @@ from benchmarks._ledger_tables import (
     reprofile_note,
     reuse_profile,
     table_parser,
+    typed_steps,
     use_timed_backends,
     write_table,
 )
 from benchmarks._ledger_tables import fmt as _f
-from compress.ledger import Ledger
-
-PRUNERS = ("magnitude", "wanda", "sparsegpt", "prune_width", "prune_depth")
-
+from evaluate.ledger import Ledger
+from evaluate.records import StageRecord
 
 # Below this drop (accuracy points) a recovered share divides noise by noise: left blank.
 MIN_DROP_FOR_SHARE = 2.0
+
 
 def _num_layers(model_dir: str | None) -> int | None:
     path = Path(model_dir or "") / "config.json"
     return json.loads(path.read_text()).get("num_hidden_layers") if path.is_file() else None
 
 
-def describe_ratio(step: dict, base_layers: int | None, layers: int | None) -> str:
-    method = step["method"]
-    if method in ("magnitude", "wanda", "sparsegpt"):
-        pattern = step.get("pattern", "unstructured")
-        return f"{step.get('sparsity', 0.5):.0%}" + ("" if pattern == "unstructured" else f" {pattern}")
-    if method == "prune_width":
-        parts = []
-        if step.get("heads"):
-            parts.append(f"-{step['heads']} heads/layer")
-        if step.get("mlp_ratio"):
-            parts.append(f"-{step['mlp_ratio']:.0%} MLP")
-        return ", ".join(parts)
-    if method == "prune_depth" and base_layers and layers is not None:
+def describe_ratio(step: Step, base_layers: int | None, layers: int | None) -> str:
+    """The pruning step's own label ("50%", "50% 2:4", "-25% MLP"); a model that lost decoder layers says how
+    many of how many ("-1 of 4 layers"), which only the two models' configs know."""
+    if base_layers and layers is not None and layers != base_layers:
         return f"-{base_layers - layers} of {base_layers} layers"
-    return "—"
+    return step.setting or "—"
 
 
 def pruning_rows(ledger: Ledger) -> list[dict[str, Any]]:
     cells = ledger.cells()
     stages = ledger.stages()
-    variants = {v["variant"]: v for v in ledger.variants()}
-    base = variants.get(BASELINE) or {}
-    base_acc = mean([c["accuracy"] for c in cells if c["variant"] == BASELINE])
+    variants = {v.variant: v for v in ledger.variants()}
+    base = variants.get(BASELINE)
+    base_acc = mean(list(accuracy_by_cell(cells, BASELINE).values()))
     base_tps = batch1_tokens_per_s(base)
-    base_layers = _num_layers(base.get("model_dir"))
+    base_layers = _num_layers(base.model_dir if base else None)
+    base_params = base.footprint.n_params if base is not None and base.footprint is not None else None
     rows = []
     for name, v in variants.items():
-        steps = v.get("steps") or []
-        methods = [s["method"] for s in steps]
-        prune_at = next((i for i, m in enumerate(methods) if m in PRUNERS), None)
+        steps = typed_steps(v)
+        prune_at = next((i for i, s in enumerate(steps) if s.kind == "prune"), None)
         if name == BASELINE or prune_at is None:
             continue
-        distill_at = next((i for i, m in enumerate(methods) if m == "distill" and i > prune_at), None)
-        final = mean([c["accuracy"] for c in cells if c["variant"] == name])
-        last = len(methods) - 1
+        # recovery: the first training step after the pruning
+        distill_at = next((i for i, s in enumerate(steps) if s.kind == "train" and i > prune_at), None)
+        final = mean(list(accuracy_by_cell(cells, name).values()))
+        last = len(steps) - 1
         before = _stage_acc(stages, name, distill_at - 1 if distill_at is not None else last, last, final)
         after = _stage_acc(stages, name, distill_at, last, final)
-        fp = v.get("footprint") or {}
+        fp = v.footprint
         tps = batch1_tokens_per_s(v)
         recovered = None
         if None not in (before, after, base_acc) and base_acc - before >= MIN_DROP_FOR_SHARE:
             recovered = (after - before) / (base_acc - before)
+        pruner = steps[prune_at]
+        pattern = getattr(pruner.params, "pattern", "unstructured")  # N:M sparsity names its pattern
         rows.append({
             "variant": name,
-            "steps": " -> ".join(methods),
-            "method": methods[prune_at] + ("" if steps[prune_at].get("pattern", "unstructured") == "unstructured"
-                                           else f" {steps[prune_at]['pattern']}"),
-            "ratio": describe_ratio(steps[prune_at], base_layers, _num_layers(v.get("model_dir"))),
-            "params": fp.get("n_params"),
-            "params_vs_fp": fp["n_params"] / base["footprint"]["n_params"]
-            if fp.get("n_params") and (base.get("footprint") or {}).get("n_params") else None,
-            "sparsity": fp.get("sparsity"),
+            "steps": " -> ".join(s.method for s in steps),
+            "kinds": [s.kind for s in steps],
+            "method": pruner.method + ("" if pattern == "unstructured" else f" {pattern}"),
+            "ratio": describe_ratio(pruner, base_layers, _num_layers(v.model_dir)),
+            "params": fp.n_params if fp else None,
+            "params_vs_fp": fp.n_params / base_params if fp and fp.n_params and base_params else None,
+            "sparsity": fp.sparsity if fp else None,
             "accuracy_before_recovery": before,
             "accuracy_after_recovery": after,
             "accuracy_final": final,
@@ -100,19 +98,20 @@ def pruning_rows(ledger: Ledger) -> list[dict[str, Any]]:
             "tokens_per_s": tps,
             "fp_tokens_per_s": base_tps,
             "speedup": tps / base_tps if tps and base_tps else None,
-            "backend": fp.get("backend"),
-            "status": v.get("status"),
+            "backend": backend_text(v),
+            "status": v.status,
         })
     return rows
 
 
-def _stage_acc(stages: list[dict], variant: str, i: int | None, last: int, final: float | None) -> float | None:
+def _stage_acc(stages: list[StageRecord], variant: str, i: int | None, last: int, final: float | None) -> float | None:
     """Mean accuracy after step i: the variant itself after its last step, else the evaluated stage."""
     if i is None:
         return None
     if i == last:
         return final
-    return mean([s["metrics"]["accuracy"] for s in stages if s["variant"] == variant and s["stage"] == i])
+    return mean([s.metrics.accuracy for s in stages
+                 if s.variant == variant and s.stage == i and s.metrics.accuracy is not None])
 
 
 def _noise_band(rows: list[dict]) -> str:
@@ -127,7 +126,7 @@ def _noise_band(rows: list[dict]) -> str:
 
 
 def render(rows: list[dict], tasks: list[str], title: str) -> str:
-    chained = any(r["steps"].split(" -> ")[-1] != "distill" for r in rows)
+    chained = any(r["kinds"][-1] != "train" for r in rows)  # some variant has steps after its recovery
     head = ["method", "ratio", "params", "sparsity", "acc. before recovery", "acc. after recovery"]
     head += ["acc. final (all steps)"] if chained else []
     batches = sorted({int(b) for r in rows for b in (r.get("tokens_per_s_by_batch") or {})} - {1})
@@ -140,7 +139,7 @@ def render(rows: list[dict], tasks: list[str], title: str) -> str:
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     for r in rows:
-        plain = len(r["steps"].split(" -> ")) == 2 and r["steps"].endswith("distill")
+        plain = r["kinds"] == ["prune", "train"]
         method = r["method"] if plain else f"{r['method']} ({r['steps']})"
         cells = [method, r["ratio"], _f(r["params"], ","), _f(r["sparsity"], ".1%"),
                  _f(r["accuracy_before_recovery"], ".1f"), _f(r["accuracy_after_recovery"], ".1f")]

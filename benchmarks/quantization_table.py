@@ -14,83 +14,77 @@ process. Skipped or failed variants are listed with their reason."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from benchmarks._ledger_tables import (
     BASELINE,
+    Step,
+    accuracy_by_cell,
+    backend_text,
     baseline_tasks,
     batch1_tokens_per_s,
     mean,
     reprofile,
     reprofile_note,
     reuse_profile,
+    study_settings,
     table_parser,
+    typed_steps,
     use_timed_backends,
+    weight_bits,
     write_table,
 )
 from benchmarks._ledger_tables import fmt as _f
-from compress.ledger import Ledger
+from evaluate.ledger import Ledger
+from evaluate.records import Host
 
-EIGHT_BIT = ("bnb_int8", "fp8", "smoothquant_w8a8")
 NOISE_POINTS = 1.0  # accuracy differences below this (a few items of a few hundred) are not called a win
-
-
-def describe_step(step: dict) -> str:
-    """'gptq W4 g128 actorder=static' from a recipe step."""
-    s = dict(step)
-    method = s.pop("method")
-    parts = [method]
-    if "bits" in s or method in ("rtn", "gptq", "awq"):
-        parts.append(f"W{s.pop('bits', 4)}")
-    if "group_size" in s or method in ("rtn", "gptq", "awq"):
-        g = s.pop("group_size", 128)
-        parts.append("per-channel" if g == -1 else f"g{g}")
-    parts += [f"{k}={v}" for k, v in s.items() if k not in ("ignore",) and not isinstance(v, list)]
-    parts += [f"override {o['pattern']}: " + ", ".join(f"{k}={v}" for k, v in o.items() if k != "pattern")
-              for o in s.get("overrides", [])]
-    return " ".join(parts)
-
-
-def is_eight_bit(step: dict) -> bool:
-    return step["method"] in EIGHT_BIT or step.get("bits") == 8 or step.get("weights") in ("int8", "float8")
 
 
 def quantization_rows(ledger: Ledger) -> tuple[list[dict[str, Any]], list[str]]:
     cells = ledger.cells()
     tasks = baseline_tasks(cells)
-    base_by_task = {c["cell"]: c["accuracy"] for c in cells if c["variant"] == BASELINE}
-    base_acc = mean(list(base_by_task.values()))
+    base_acc = mean(list(accuracy_by_cell(cells, BASELINE).values()))
     variants = ledger.variants()
-    base_tps = batch1_tokens_per_s(next((v for v in variants if v["variant"] == BASELINE), {}))
+    base_tps = batch1_tokens_per_s(next((v for v in variants if v.variant == BASELINE), None))
+    fp_label = "FP " + study_settings(ledger)[0].dtype
     rows = []
     for v in variants:
-        name = v["variant"]
-        steps = v.get("steps") or []
-        by_task = {c["cell"]: c["accuracy"] for c in cells if c["variant"] == name}
+        steps = typed_steps(v)
+        by_task = accuracy_by_cell(cells, v.variant)
         acc = mean([by_task[t] for t in tasks if t in by_task]) if len(by_task) == len(tasks) else None
-        fp = v.get("footprint") or {}
+        fp = v.footprint
         tps = batch1_tokens_per_s(v)
+        bits = weight_bits(steps)
         rows.append({
-            "variant": name,
-            "config": "FP " + ((json.loads(ledger.last_run()["recipe"]) or {}).get("model", {}).get("dtype", ""))
-            if name == BASELINE else " -> ".join(describe_step(s) for s in steps),
-            "eight_bit": bool(steps) and all(is_eight_bit(s) for s in steps),
-            "status": v.get("status"),
-            "reason": v.get("reason"),
+            "variant": v.variant,
+            "config": fp_label if v.variant == BASELINE else " -> ".join(s.label for s in steps),
+            "weight_bits": bits,
+            "eight_bit": bits == 8,
+            "comparable": _comparable(steps),
+            "status": v.status,
+            "reason": v.reason,
             "accuracy": acc,
             "accuracy_by_task": by_task,
             "delta_points": None if acc is None or base_acc is None else acc - base_acc,
-            "weight_bytes_in_memory": fp.get("weight_bytes"),
-            "bits_per_param_in_memory": fp.get("bits_per_param"),
-            "stored_bits_per_param": fp.get("stored_bits_per_param"),
-            "disk_bytes": v.get("disk_bytes"),
+            "weight_bytes_in_memory": fp.weight_bytes if fp else None,
+            "bits_per_param_in_memory": fp.bits_per_param if fp else None,
+            "stored_bits_per_param": fp.stored_bits_per_param if fp else None,
+            "disk_bytes": v.disk_bytes,
             "tokens_per_s": tps,
             "speed_vs_fp": tps / base_tps if tps and base_tps else None,
-            "backend": fp.get("backend"),
-            "build_seconds": sum(t["seconds"] for t in (v.get("build") or {}).get("timings", [])) or None,
+            "backend": backend_text(v),
+            "build_seconds": (sum(t.seconds for t in v.build.timings) or None) if v.build else None,
         })
     return rows, tasks
+
+
+def _comparable(steps: list[Step]) -> dict[str, str] | None:
+    """A one-step quantization as {method, setting}: variants of different methods with the same setting label
+    (same bits, group and every other parameter shared by name) are compared head to head in the findings."""
+    if len(steps) != 1 or steps[0].kind != "quantize":
+        return None
+    return {"method": steps[0].method, "setting": steps[0].setting}
 
 
 def _mib(x: int | None) -> str:
@@ -99,7 +93,6 @@ def _mib(x: int | None) -> str:
 
 def findings(rows: list[dict]) -> list[str]:
     """The issue's claims, checked against the rows (stated, not asserted)."""
-    by = {r["variant"]: r for r in rows}
     out = []
     eight = [r for r in rows if r["eight_bit"] and r["delta_points"] is not None]
     if eight:
@@ -107,13 +100,13 @@ def findings(rows: list[dict]) -> list[str]:
         verdict = "all within 2 points" if worst["delta_points"] >= -2 else "NOT all within 2 points"
         out.append(f"8-bit variants: {verdict} of the baseline (worst: {worst['variant']} "
                    f"{worst['delta_points']:+.1f}).")
-    g, r = by.get("gptq-w4-g128"), by.get("rtn-w4-g128")
-    if g and r and g["accuracy"] is not None and r["accuracy"] is not None:
+    for g, r in head_to_head(rows, "gptq", "rtn"):
         diff = g["accuracy"] - r["accuracy"]
         rel = "is level with" if abs(diff) < NOISE_POINTS else "beats" if diff > 0 else "loses to"
-        out.append(f"GPTQ W4 g128 ({g['accuracy']:.1f}) {rel} RTN W4 g128 ({r['accuracy']:.1f})"
+        setting = g["comparable"]["setting"]
+        out.append(f"GPTQ {setting} ({g['accuracy']:.1f}) {rel} RTN {setting} ({r['accuracy']:.1f})"
                    + (f": {diff:+.1f} points is within sampling noise here" if abs(diff) < NOISE_POINTS else "") + ".")
-    four = [x for x in rows if x["delta_points"] is not None and not x["eight_bit"] and x["variant"] != BASELINE]
+    four = [x for x in rows if x["delta_points"] is not None and x["weight_bits"] is not None and x["weight_bits"] <= 4]
     if four:
         out.append("4-bit cost (points vs FP): " + ", ".join(
             f"{x['variant']} {x['delta_points']:+.1f}" for x in sorted(four, key=lambda x: -x["delta_points"])) + ".")
@@ -130,6 +123,22 @@ def findings(rows: list[dict]) -> list[str]:
     for x in skipped:
         out.append(f"{x['variant']} {x['status']}: {x['reason']}")
     return out
+
+
+def head_to_head(rows: list[dict], method: str, other: str) -> list[tuple[dict, dict]]:
+    """(row of `method`, row of `other`) for each setting both were run at alone (same label: same bits,
+    group size and other parameters), with accuracy for both; in the order of `method`'s rows. The first
+    variant of each method at a setting is the one compared."""
+    def by_setting(name: str) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        for r in rows:
+            c = r.get("comparable")
+            if c and c["method"] == name and r["accuracy"] is not None:
+                found.setdefault(c["setting"], r)
+        return found
+
+    mine, theirs = by_setting(method), by_setting(other)
+    return [(r, theirs[setting]) for setting, r in mine.items() if setting in theirs]
 
 
 def render(rows: list[dict], tasks: list[str], title: str, host: str) -> str:
@@ -176,6 +185,15 @@ def reprofile_rows(ledger: Ledger, rows: list[dict], rounds: int) -> dict:
     return info
 
 
+def describe_host(host: Host | None) -> str:
+    """"cpu AMD EPYC, cpu_cores 2, torch_threads 2, torch 2.13.0+cpu, load_avg_1m 1.02": the fields that are set."""
+    if host is None:
+        return "unknown"
+    parts = [f"{k} {', '.join(f'{n}={x}' for n, x in v.items()) if isinstance(v, dict) else v}"
+             for k, v in host.model_dump().items() if v not in (None, "", {})]
+    return ", ".join(parts) or "unknown"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = table_parser(__doc__, "Quantization methods on the embedded model (CPU)")
     a = p.parse_args(argv)
@@ -184,12 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     profiling = reprofile_rows(ledger, rows, a.reprofile) if a.reprofile else None
     if a.profile_from:
         profiling = reuse_profile(rows, a.profile_from)
-    base = ledger.variant(BASELINE) or {}
-    host_info = (base.get("profile") or {}).get("host") or {}
-    host = ", ".join(f"{k} {v}" for k, v in host_info.items()) or "unknown"
+    base = ledger.variant(BASELINE)
+    host_info = base.profile.host if base is not None and base.profile is not None else None
+    host = describe_host(host_info)
     text = render(rows, tasks, a.title, host) + (reprofile_note(profiling) if profiling else "")
-    write_table(a.out, text, {"study": str(a.study), "host": host_info, "tasks": tasks, "rows": rows,
-                              "findings": findings(rows), "reprofile": profiling})
+    write_table(a.out, text, {"study": str(a.study), "host": host_info.model_dump() if host_info else {},
+                              "tasks": tasks, "rows": rows, "findings": findings(rows), "reprofile": profiling})
+
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,10 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from evaluate.tasks._hf import PACKAGED_ROOT
+from evaluate.prompts import PromptConfig, render_prompt
+from evaluate.tasks import TASKS, load_builtin_tasks
+from evaluate.tasks.sources import PACKAGED_ROOT
+from evaluate.tasks.synthetic import TRAINING_TASKS
 
 
 def synthetic_texts(n: int, seed: int) -> list[str]:
@@ -19,9 +22,6 @@ def synthetic_texts(n: int, seed: int) -> list[str]:
 
 def synthetic_pairs(n: int, seed: int) -> list[tuple[str, str]]:
     """(prompt, " " + worked answer) from the training split, for training on the answer only."""
-    from evaluate.prompts import PromptConfig, render_prompt
-    from evaluate.tasks import TASKS, load_builtin_tasks
-    from evaluate.tasks.synthetic import TRAINING_TASKS
 
     load_builtin_tasks()
     per_task = -(-n // len(TRAINING_TASKS))

@@ -7,23 +7,50 @@ import contextlib
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import click
 
-from compress.recipe import RecipeError, load_recipe
+from compress.recipe import RecipeError, load_recipe, output_problem, recipe_from_dict
+from compress.registry import load_builtin_methods
+from evaluate.interrupts import Interrupted, StudyLock, StudyLocked, interruptible
+from evaluate.ledger import Ledger
+from evaluate.model_checks import go_offline, hub_offline, hub_unreachable, weights_problems
+from evaluate.models import ModelSourceError, resolve_model_source
+from evaluate.progress import quiet_console, quiet_libraries
+from evaluate.tasks import load_builtin_tasks
+
+quiet_libraries()  # before the commands import any library that draws progress bars
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Commands without a study directory: slimlab's messages on the console, libraries' below warnings."""
     from rich.logging import RichHandler
 
     logging.basicConfig(level=logging.INFO if not verbose else logging.DEBUG, format="%(message)s",
                         handlers=[RichHandler(show_path=False)], force=True)
-    for noisy in ("transformers", "httpx", "urllib3", "datasets", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # bitsandbytes warns on every int8 matmul that CPU inputs are cast to fp16; once is enough (report names it)
-    warnings.filterwarnings("once", message=".*MatMul8bitLt.*")
+    for noisy in ("transformers", "httpx", "urllib3", "datasets", "filelock", "bitsandbytes"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
+def _run_study(recipe, out: str | None, verbose: bool) -> Path:
+    """The study behind one live progress view; libraries' output in <output>/run.log."""
+    from compress.runner import run_study
+
+    out_dir = Path(out or recipe.output)
+    try:
+        with StudyLock(out_dir), interruptible(), quiet_console(out_dir, verbose) as progress:
+            try:
+                return run_study(recipe, out_dir, progress)
+            except ModelSourceError as exc:  # the model turned out unusable when loaded: bad input, not a crash
+                progress.close()
+                _fail([f"model.name {recipe.model.name!r}: {exc}"], "cannot run (1 problem):")
+    except StudyLocked as exc:
+        _fail([str(exc)], "cannot run (1 problem):")
+    except Interrupted as exc:
+        click.echo(f"interrupted ({exc}): finished work is saved in {out_dir}; run the same command again to resume",
+                   err=True)
+        sys.exit(128 + exc.signum)
 
 
 def _fail(lines: list[str], header: str | None = None, code: int = 2) -> None:
@@ -49,15 +76,6 @@ def _preflight(recipe, out: str | None) -> None:
     """What `run` checks beyond validation, before any heavy work: the output directory actually used, and
     that the model's weights are present and complete (validation accepts a config-only directory). A hub
     model found in the local cache while the hub is unreachable runs offline instead of waiting on retries."""
-    from compress.models import (
-        ModelSourceError,
-        go_offline,
-        hub_offline,
-        hub_unreachable,
-        resolve_model_source,
-        weights_problems,
-    )
-    from compress.recipe import output_problem
 
     problems = []
     target = out if out is not None else recipe.output
@@ -92,21 +110,12 @@ def main() -> None:
 def run(recipe: str, out: str | None, verbose: bool) -> None:
     """Run the study in RECIPE; rerunning into the same directory resumes."""
     _setup_logging(verbose)
-    if out is not None:
-        from compress.recipe import output_problem
-
-        if (why := output_problem(out)) is not None:
-            _fail([f"--out {out!r}: {why}"], "cannot run (1 problem):")
+    if out is not None and (why := output_problem(out)) is not None:
+        _fail([f"--out {out!r}: {why}"], "cannot run (1 problem):")
     parsed = _load_or_exit(recipe)
     _preflight(parsed, out)
-    from compress.models import ModelSourceError
-    from compress.runner import run_study
-
-    try:
-        results = run_study(parsed, out)
-    except ModelSourceError as exc:  # the model turned out unusable when loaded: bad input, not a crash
-        _fail([f"model.name {parsed.model.name!r}: {exc}"], "cannot run (1 problem):")
-    click.echo(f"results: {results}\nreport:  {results.parent / 'report.md'}")
+    results = _run_study(parsed, out, verbose)
+    click.echo(f"results: {results}\nreport:  {results.parent / 'report.md'}\nlog:     {results.parent / 'run.log'}")
 
 
 @main.command("eval")
@@ -116,23 +125,25 @@ def run(recipe: str, out: str | None, verbose: bool) -> None:
 @click.option("--prompt-style", type=click.Choice(["direct", "cot"]), default="direct", show_default=True)
 @click.option("--k-shot", default=0, show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
-@click.option("--max-new-tokens", type=int, default=None, help="default: the task's own")
+@click.option("--max-new-tokens", type=int, default=None, help="default: what the prompt style needs")
+@click.option("--chat-template", type=click.Choice(["auto", "true", "false"]), default="false", show_default=True,
+              help="wrap each prompt in the model's chat template (auto: when the tokenizer has one)")
 @click.option("--dtype", default="float32", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="output directory")
 @click.option("-v", "--verbose", is_flag=True)
 def eval_(model: str, tasks_: tuple[str, ...], n: int, prompt_style: str, k_shot: int, batch_size: int,
-          max_new_tokens: int | None, dtype: str, device: str, seed: int, out: str, verbose: bool) -> None:
+          max_new_tokens: int | None, chat_template: str, dtype: str, device: str, seed: int, out: str,
+          verbose: bool) -> None:
     """Evaluate MODEL alone (no variants, no profiling) on one or more tasks."""
     _setup_logging(verbose)
-    from compress.recipe import RecipeError, recipe_from_dict
-    from compress.runner import run_study
 
+    chat = {"auto": "auto", "true": True, "false": False}[chat_template]
     data = {
         "name": "eval", "seed": seed, "model": {"name": model, "dtype": dtype, "device": device},
         "tasks": [{"name": t, "n": n, "prompt_style": prompt_style, "k_shot": k_shot,
-                   "max_new_tokens": max_new_tokens} for t in tasks_],
+                   "max_new_tokens": max_new_tokens, "chat_template": chat} for t in tasks_],
         "decoding": {"batch_size": batch_size}, "profile": {"enabled": False}, "output": out,
     }
     try:
@@ -140,7 +151,7 @@ def eval_(model: str, tasks_: tuple[str, ...], n: int, prompt_style: str, k_shot
     except RecipeError as exc:
         _fail([str(exc)], f"invalid arguments ({len(exc.issues)} problem{'s' * (len(exc.issues) > 1)}):")
     _preflight(recipe, out)
-    results = run_study(recipe, out)
+    results = _run_study(recipe, out, verbose)
     click.echo(f"results: {results}")
 
 
@@ -159,8 +170,6 @@ def methods(params: bool) -> None:
     """List the registered compression methods."""
     import torch
 
-    from compress.registry import load_builtin_methods
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for name, spec in sorted(load_builtin_methods().items()):
         reason = spec.unavailable_reason(device)
@@ -174,7 +183,6 @@ def methods(params: bool) -> None:
 @main.command()
 def tasks() -> None:
     """List the registered evaluation tasks."""
-    from evaluate.tasks import load_builtin_tasks
 
     for name, spec in sorted(load_builtin_tasks().items(), key=lambda kv: (kv[1].family, kv[0])):
         where = "offline" if spec.offline else "hub or data_dir"
@@ -186,7 +194,6 @@ def tasks() -> None:
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 def report(directory: str) -> None:
     """Rebuild the report of a study DIRECTORY from its ledger."""
-    from compress.ledger import Ledger
     from evaluate.report import write_outputs
 
     ledger_path = Path(directory) / "results.sqlite"
@@ -229,7 +236,6 @@ def profile(model_or_config: str, dtype: str, device: str, quantize: str, batch_
 
     MODEL_OR_CONFIG: a model reference, or an architecture only (a shipped config such as
     qwen2.5-0.5b-instruct, a config.json) for random weights of the real shape (no accuracy)."""
-    import json
 
     from compress.profile_cli import ProfileTargetError, profile_target, render_profile_markdown, shipped_configs
     from evaluate.profiling import ProfileConfig
@@ -252,7 +258,7 @@ def profile(model_or_config: str, dtype: str, device: str, quantize: str, batch_
     click.echo(text)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
+        Path(out).write_text(result.model_dump_json(indent=2))
         Path(out).with_suffix(".md").write_text(text)
         click.echo(f"written: {out} and {Path(out).with_suffix('.md')}", err=True)
 

@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compress.build import build
+from compress.calibration import calibration_provider
+from compress.recipe import _suggest
+from compress.registry import CalibrationData, load_builtin_methods, make_step
+from evaluate.models import ModelSourceError, load_tokenizer, resolve_model_source, torch_dtype
+from evaluate.profiling import ProfileConfig, host_description, profile_in_subprocess, thread_tuning
+from evaluate.records import ProfiledVariant, ProfileRun, ProfileSettings
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -38,7 +46,6 @@ class Target:
 def resolve_target(ref: str) -> Target:
     """A shipped config name (with or without 'config:' and '-instruct'), a config .json, a directory with
     config.json but no weights, or any model reference the study accepts."""
-    from compress.models import ModelSourceError, resolve_model_source
 
     name = ref.removeprefix("config:").lower()
     configs = shipped_configs()
@@ -70,8 +77,6 @@ def build_random_checkpoint(config_path: str, dtype: str, out_dir: Path, seed: i
     (tied weights counted once, as torch's parameters() does)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from compress.models import torch_dtype
 
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(config_path, out_dir / "config.json")
@@ -120,27 +125,15 @@ def check_fits(n_params: int, dtype: str, device: str) -> None:
 
 
 def build_variant(method: str, source_dir: str, dtype: str, device: str, out_dir: Path) -> Path:
-    """Apply one registered method (defaults for every parameter) to the model at `source_dir` and save it."""
-    from compress.calibration import calibration_provider
-    from compress.models import load_model, load_tokenizer
-    from compress.registry import StepContext, load_builtin_methods
-
-    spec = load_builtin_methods()[method]
-    params = spec.params.model_validate({})
-    work = out_dir / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    """One registered method with default parameters applied to the model at `source_dir`, built and saved the
+    way the study runner does it (compress.build: the method's own format, read back by load_model)."""
     # a random-weights checkpoint has no tokenizer: methods that need one (calibration) fail and say so
     has_tokenizer = not Path(source_dir).is_dir() or (Path(source_dir) / "tokenizer_config.json").exists()
     tokenizer = load_tokenizer(source_dir) if has_tokenizer else None
-    ctx = StepContext(tokenizer=tokenizer, source_dir=Path(source_dir), workdir=work, device=device, dtype=dtype,
-                      calibration=calibration_provider("synthetic", 0) if tokenizer is not None else None,
-                      extras={"pristine": True})
-    model = spec.apply(load_model(source_dir, dtype, device), params, ctx)
-    model.save_pretrained(out_dir / "model")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir / "model")
-    shutil.rmtree(work, ignore_errors=True)
-    del model
+    calibration = (CalibrationData("synthetic", 64, 256, calibration_provider("synthetic", 0))
+                   if tokenizer is not None else None)
+    build(source_dir, [make_step(method)], out_dir / "model", tokenizer, dtype=dtype, device=device,
+          calibration=calibration)
     return out_dir / "model"
 
 
@@ -152,8 +145,6 @@ def _weights_on_disk(directory: Path) -> int | None:
 
 def check_methods(names: list[str], device: str) -> dict[str, str]:
     """Unknown methods are errors; CUDA-only methods on a CPU run are skipped with their reason."""
-    from compress.recipe import _suggest
-    from compress.registry import load_builtin_methods
 
     methods = load_builtin_methods()
     skipped = {}
@@ -166,10 +157,8 @@ def check_methods(names: list[str], device: str) -> dict[str, str]:
 
 
 def profile_target(ref: str, dtype: str = "float32", device: str = "cpu", quantize: tuple[str, ...] = (),
-                   config: Any = None, workdir: Path | None = None, log: Any = print) -> dict:
-    """Profile the dense model and each quantized variant; returns one JSON-ready dict."""
-    from evaluate.profiling import ProfileConfig, host_description, profile_in_subprocess
-
+                   config: ProfileConfig | None = None, workdir: Path | None = None, log: Any = print) -> ProfileRun:
+    """Profile the dense model and each quantized variant, each built on the study's build path."""
     config = config or ProfileConfig()
     if device.startswith("cuda"):
         import torch
@@ -180,10 +169,10 @@ def profile_target(ref: str, dtype: str = "float32", device: str = "cpu", quanti
     skipped = check_methods(list(quantize), device)
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="slimlab-profile-")) if own_tmp else Path(workdir)
-    result: dict[str, Any] = {"target": ref, "kind": target.kind, "dtype": dtype, "device_requested": device,
-                              "host": host_description(), "settings": config.__dict__ | {"batch_sizes":
-                                                                                          list(config.batch_sizes)},
-                              "variants": []}
+    result = ProfileRun(target=ref, kind=target.kind, dtype=dtype, device_requested=device, host=host_description(),
+                        settings=ProfileSettings(prompt_tokens=config.prompt_tokens, new_tokens=config.new_tokens,
+                                                 warmup=config.warmup, repeats=config.repeats,
+                                                 batch_sizes=list(config.batch_sizes)))
     try:
         if target.kind == "config":
             meta = config_meta(target.location)
@@ -191,18 +180,17 @@ def profile_target(ref: str, dtype: str = "float32", device: str = "cpu", quanti
             log(f"building random weights of {ref} ({dtype})")
             dense = work / "dense"
             n_params = build_random_checkpoint(target.location, dtype, dense)
-            result.update(weights="random (architecture config only): accuracy not measured",
-                          shape_of=meta.get("shape_of"), published_parameters=meta.get("published_parameters"),
-                          config=target.location)
+            result.weights = "random (architecture config only): accuracy not measured"
+            result.shape_of, result.published_parameters = meta.get("shape_of"), meta.get("published_parameters")
+            result.config = target.location
             source = str(dense)
         else:
             source, n_params = target.location, None
-            result["weights"] = "real"
         runs: list[tuple[str, str | None, str]] = [(f"dense {dtype}", None, source)]
         for method in quantize:
             if method in skipped:
-                result["variants"].append({"variant": method, "method": method, "status": "skipped",
-                                           "reason": skipped[method]})
+                result.variants.append(ProfiledVariant(variant=method, method=method, status="skipped",
+                                                       reason=skipped[method]))
                 continue
             runs.append((method, method, ""))
         for label, method, location in runs:
@@ -213,20 +201,19 @@ def profile_target(ref: str, dtype: str = "float32", device: str = "cpu", quanti
                 log(f"profiling {label}")
                 prof = profile_in_subprocess(location, dtype, device, config)
             except Exception as exc:  # one variant failing must not lose the others' numbers
-                result["variants"].append({"variant": label, "method": method, "status": "failed",
-                                           "reason": f"{type(exc).__name__}: {exc}"[:1500]})
+                result.variants.append(ProfiledVariant(variant=label, method=method, status="failed",
+                                                       reason=f"{type(exc).__name__}: {exc}"[:1500]))
                 continue
-            if n_params is None:
-                n_params = prof["footprint"]["n_params"]
-            entry = {"variant": label, "method": method, "status": "ok", "profile": prof,
-                     "disk_bytes": _weights_on_disk(Path(location))}
-            result["variants"].append(entry)
-        result["n_params"] = n_params
-        expected = n_params * DTYPE_BYTES[dtype] if n_params else None
-        result["expected_dense_bytes"] = expected
-        for entry in result["variants"]:
-            if entry.get("status") == "ok" and expected:
-                entry["weight_bytes_vs_params_x_dtype"] = entry["profile"]["footprint"]["weight_bytes"] / expected
+            if n_params is None and prof.footprint is not None:
+                n_params = prof.footprint.n_params
+            result.variants.append(ProfiledVariant(variant=label, method=method, status="ok", profile=prof,
+                                                   disk_bytes=_weights_on_disk(Path(location))))
+        result.n_params = n_params
+        result.expected_dense_bytes = n_params * DTYPE_BYTES[dtype] if n_params else None
+        expected = result.expected_dense_bytes
+        for entry in result.variants:
+            if entry.profile is not None and entry.profile.footprint is not None and expected:
+                entry.weight_bytes_vs_params_x_dtype = entry.profile.footprint.weight_bytes / expected
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
@@ -241,61 +228,55 @@ def _num(x: float | None, fmt: str = ".2f") -> str:
     return "—" if x is None else format(x, fmt)
 
 
-def render_profile_markdown(result: dict) -> str:
+def render_profile_markdown(result: ProfileRun) -> str:
     """A person's view of a profile result: one memory row per variant, one latency row per batch size."""
-    from evaluate.profiling import thread_tuning
-
-    host = result.get("host", {})
-    out = [f"# Profile: {result['target']} ({result['dtype']}, {result['device_requested']})", ""]
-    out.append(f"- weights: {result.get('weights')}")
-    if result.get("shape_of"):
-        out.append(f"- shape of `{result['shape_of']}` (published parameters "
-                   f"{result.get('published_parameters'):,}); parameters built: {result.get('n_params'):,}")
-    if result.get("expected_dense_bytes"):
-        out.append(f"- parameters x dtype size: {_mib(result['expected_dense_bytes'])} MiB")
-    out.append(f"- host: {host.get('cpu')}, {host.get('cpu_cores')} cores, torch {host.get('torch')}"
-               + (f", GPU {host['gpu']}" if host.get("gpu") else ", no GPU")
-               + thread_tuning(host))
-    s = result.get("settings", {})
-    out.append(f"- prompt {s.get('prompt_tokens')} tokens, {s.get('new_tokens')} new tokens, warm-up "
-               f"{s.get('warmup')}, median of {s.get('repeats')} repeats; ms/token = (median end-to-end - median "
-               "TTFT) / (new tokens - 1); in-run ms/token = median over repeats of the decode steps' mean within one "
-               "generate (the two part when other work shares the machine)")
-    if host.get("load_avg_1m") is not None:
-        out.append(f"- machine load (1-min average) when the run started: {host['load_avg_1m']:.1f} on "
-                   f"{host.get('cpu_cores')} cores")
+    host = result.host
+    out = [f"# Profile: {result.target} ({result.dtype}, {result.device_requested})", ""]
+    out.append(f"- weights: {result.weights}")
+    if result.shape_of:
+        out.append(f"- shape of `{result.shape_of}` (published parameters {result.published_parameters:,}); "
+                   f"parameters built: {result.n_params:,}")
+    if result.expected_dense_bytes:
+        out.append(f"- parameters x dtype size: {_mib(result.expected_dense_bytes)} MiB")
+    out.append(f"- host: {host.cpu}, {host.cpu_cores} cores, torch {host.torch}"
+               + (f", GPU {host.gpu}" if host.gpu else ", no GPU") + thread_tuning(host))
+    s = result.settings
+    out.append(f"- prompt {s.prompt_tokens} tokens, {s.new_tokens} new tokens, warm-up {s.warmup}, median of "
+               f"{s.repeats} repeats; ms/token = (median end-to-end - median TTFT) / (new tokens - 1); in-run "
+               "ms/token = median over repeats of the decode steps' mean within one generate (the two part when "
+               "other work shares the machine)")
+    if host.load_avg_1m is not None:
+        out.append(f"- machine load (1-min average) when the run started: {host.load_avg_1m:.1f} on "
+                   f"{host.cpu_cores} cores")
     out += ["", "## Memory", "",
             "| variant | weights in memory (MiB) | vs params x dtype | bits/param | disk (MiB) | load (s) | "
             "load peak RSS (MiB) | CUDA load peak (MiB) | backend |", "|---|---|---|---|---|---|---|---|---|"]
-    for v in result["variants"]:
-        if v.get("status") != "ok":
-            continue
-        p, fp = v["profile"], v["profile"]["footprint"]
-        ratio = v.get("weight_bytes_vs_params_x_dtype")
-        out.append(f"| {v['variant']} | {_mib(fp['weight_bytes'])} | {'—' if ratio is None else f'{ratio:.3f}'} | "
-                   f"{fp['bits_per_param']:.2f} | {_mib(v.get('disk_bytes'))} | {p['load_s']:.2f} | "
-                   f"{_mib(p.get('load_peak_rss_bytes'))} | {_mib(p.get('cuda_load_max_memory_allocated'))} | "
-                   f"{fp['backend']} |")
+    ok = [v for v in result.variants if v.status == "ok" and v.profile is not None and v.profile.footprint]
+    for v in ok:
+        p, fp = v.profile, v.profile.footprint
+        ratio = v.weight_bytes_vs_params_x_dtype
+        out.append(f"| {v.variant} | {_mib(fp.weight_bytes)} | {'—' if ratio is None else f'{ratio:.3f}'} | "
+                   f"{fp.bits_per_param:.2f} | {_mib(v.disk_bytes)} | {p.load_s:.2f} | "
+                   f"{_mib(p.load_peak_rss_bytes)} | {_mib(p.cuda_load_max_memory_allocated)} | "
+                   f"{fp.backend.describe()} |")
     out += ["", "## Generation", "",
             "| variant | batch | TTFT (ms) | end-to-end (ms) | ms/token | in-run ms/token | p50 / p90 (ms) | tokens/s "
             "| KV cache (MiB) | generation peak RSS (MiB) | CUDA peak alloc / reserved (MiB) | kernel |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for v in result["variants"]:
-        if v.get("status") != "ok":
-            continue
-        for r in v["profile"]["batches"]:
-            cuda = "—" if "cuda_max_memory_allocated" not in r else \
-                f"{_mib(r['cuda_max_memory_allocated'])} / {_mib(r['cuda_max_memory_reserved'])}"
-            out.append(f"| {v['variant']} | {r['batch_size']} | {r['ttft_ms']:.1f} | {r['end_to_end_ms']:.1f} | "
-                       f"{_num(r['latency_ms_per_token'])} | {_num(r.get('decode_ms_per_token_in_run'))} | "
-                       f"{r['per_token_p50_ms']:.2f} / {r['per_token_p90_ms']:.2f} | "
-                       f"{_num(r['tokens_per_s'], '.1f')} | {_mib(r['kv_cache_bytes'])} | "
-                       f"{_mib(r.get('generation_peak_rss_bytes'))} | {cuda} | {r.get('kernel', '—')}"
-                       + (" **(process paused during timing: timings invalid)**" if r.get("paused_during_timing")
+    for v in ok:
+        for r in v.profile.batches:
+            cuda = "—" if r.cuda_max_memory_allocated is None else \
+                f"{_mib(r.cuda_max_memory_allocated)} / {_mib(r.cuda_max_memory_reserved)}"
+            out.append(f"| {v.variant} | {r.batch_size} | {_num(r.ttft_ms, '.1f')} | {_num(r.end_to_end_ms, '.1f')} | "
+                       f"{_num(r.latency_ms_per_token)} | {_num(r.decode_ms_per_token_in_run)} | "
+                       f"{_num(r.per_token_p50_ms)} / {_num(r.per_token_p90_ms)} | "
+                       f"{_num(r.tokens_per_s, '.1f')} | {_mib(r.kv_cache_bytes)} | "
+                       f"{_mib(r.generation_peak_rss_bytes)} | {cuda} | {v.profile.backend.kernel}"
+                       + (" **(process paused during timing: timings invalid)**" if r.paused_during_timing
                           else "") + " |")
-    bad = [v for v in result["variants"] if v.get("status") != "ok"]
+    bad = [v for v in result.variants if v.status != "ok"]
     if bad:
-        out += ["", "## Not profiled", ""] + [f"- **{v['variant']}** ({v['status']}): {v['reason']}" for v in bad]
-    device = next((v["profile"]["device"] for v in result["variants"] if "profile" in v), "—")
+        out += ["", "## Not profiled", ""] + [f"- **{v.variant}** ({v.status}): {v.reason}" for v in bad]
+    device = next((v.profile.device for v in result.variants if v.profile is not None), "—")
     out += ["", f"Device of every figure: {device}."]
     return "\n".join(out) + "\n"

@@ -8,6 +8,7 @@ source and output directory are checked before any heavy work."""
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -20,16 +21,13 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from compress import yaml_loader
-from compress.models import (
-    DTYPES,
-    ModelSourceError,
-    check_hub,
-    checkpoint_problems,
-    device_problem,
-    load_config,
-    path_problem,
-    resolve_model_source,
-)
+from compress.registry import METHODS, step_model
+from evaluate.bertscore import check_model
+from evaluate.model_checks import check_hub, checkpoint_problems, device_problem
+from evaluate.models import DTYPES, ModelSourceError, load_config, path_problem, resolve_model_source
+from evaluate.pareto import SelectSpec
+from evaluate.tasks import load_builtin_tasks
+from evaluate.tasks.sources import check_data_dir
 
 BASELINE = "baseline"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -90,7 +88,8 @@ class ModelSpec(Strict):
 
 class VariantSpec(Strict):
     name: Name
-    steps: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_STEPS)
+    # each step is its method's parameters (compress.registry.MethodParams), typed by recipe_model()
+    steps: list[Any] = Field(min_length=1, max_length=MAX_STEPS)
     eval_stages: bool = False  # also evaluate after each intermediate step
 
     @field_validator("name")
@@ -160,18 +159,6 @@ class BertScoreSpec(Strict):
     batch_size: int = Field(16, ge=1, le=1024)
 
 
-class SelectSpec(Strict):
-    """How the report picks the variant to deploy: the accuracy budget, then the cost to minimize."""
-
-    max_accuracy_drop: float = Field(1.0, ge=0)  # points below the baseline (mean over tasks, or each task)
-    per_task: bool = False  # apply max_accuracy_drop to every task, not to the mean
-    minimize: Literal["memory", "peak_memory", "latency", "ttft", "disk"] = "memory"
-    require_status: Literal["ok"] = "ok"
-    include_baseline: bool = True  # the FP model is a candidate too (it may win on latency)
-    max_memory_mib: float | None = Field(None, gt=0)  # optional hard caps on weights in memory / ms per token
-    max_latency_ms_per_token: float | None = Field(None, gt=0)
-
-
 class EndpointSpec(Strict):
     """An OpenAI-compatible chat endpoint. Only the NAME of the key's environment variable is stored
     (null: send no key, for a local server); the key itself is read at request time."""
@@ -229,6 +216,22 @@ class Recipe(Strict):
         """Stable hash of whatever determines a result (used as a cache key in the ledger)."""
         blob = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def recipe_model() -> type[Recipe]:
+    """The Recipe whose steps are typed: a discriminated union on `method` over every registered method's
+    parameters, so each step is validated once, here, into its method's pydantic model."""
+    from typing import Union
+
+    from pydantic import create_model
+
+    members = tuple(step_model(name) for name in METHODS.names())
+    step = Annotated[Union[members], Field(discriminator="method")]  # noqa: UP007 - a runtime tuple of types
+    variant = create_model("VariantSpec", __base__=VariantSpec,
+                           steps=(list[step], Field(min_length=1, max_length=MAX_STEPS)))
+    return create_model("Recipe", __base__=Recipe,
+                        variants=(list[variant], Field(default_factory=list, max_length=MAX_VARIANTS)))
 
 
 @dataclass(frozen=True)
@@ -331,7 +334,8 @@ def _clean_loc(loc: tuple, data: Any) -> tuple:
         if isinstance(part, str) and part.startswith("function"):
             continue
         if isinstance(part, str) and not (isinstance(node, dict) and part in node) and (
-                part in _TYPE_TAGS or "[" in part or part[:1].isupper() or part.startswith("constrained")):
+                part in _TYPE_TAGS or "[" in part or part[:1].isupper() or part.startswith("constrained")
+                or (isinstance(node, dict) and node.get("method") == part)):  # a step's union tag
             continue
         out.append(part)
         try:
@@ -362,6 +366,14 @@ def _friendly(err: dict, value: Any) -> str:
     kind, msg, ctx = err["type"], err["msg"].removeprefix("Value error, "), err.get("ctx") or {}
     if err["loc"] and err["loc"][-1] == "[key]":
         return f"a field name must be text, not {_kind(value)}; check this key"
+    if kind == "union_tag_not_found":
+        return "each step needs 'method: <name>'; see `compress methods`"
+    if kind == "union_tag_invalid":
+
+        if not isinstance(value, str):
+            return (f"a method name (text) is expected, not {_kind(value)}; write e.g. method: rtn "
+                    "(see `compress methods`)")
+        return "no such method; " + _suggest(value, METHODS.names())
     if kind in ("int_type", "int_parsing", "int_from_float"):
         if isinstance(value, bool):
             return "a number is expected, not true/false; write a whole number, e.g. 20"
@@ -411,6 +423,8 @@ def _pydantic_issues(exc: ValidationError, data: Any, prefix: tuple = ()) -> lis
     merged: dict[tuple, tuple[Any, list[str]]] = {}
     for err in exc.errors():
         loc = prefix + _clean_loc(tuple(err["loc"]), data)
+        if err["type"] == "union_tag_invalid":  # the step's method names no registered method
+            loc = (*loc, "method")
         if err["type"] == "extra_forbidden":
             message = "unknown field; remove it or check its spelling"
         else:
@@ -586,11 +600,7 @@ def check_model_spec(recipe: Recipe) -> tuple[Any, list[Issue]]:
 
 def check_semantics(recipe: Recipe, data: dict, check_model: bool = True) -> list[Issue]:
     """Checks that need the registries and the model's config."""
-    from compress.registry import load_builtin_methods
-    from evaluate.tasks import load_builtin_tasks
-    from evaluate.tasks._hf import check_data_dir
 
-    methods = load_builtin_methods()
     tasks = load_builtin_tasks()
     issues: list[Issue] = []
 
@@ -629,7 +639,7 @@ def check_semantics(recipe: Recipe, data: dict, check_model: bool = True) -> lis
         if spec.needs_data_dir and not (task.data_dir and Path(task.data_dir).is_dir()):
             issues.append(Issue(("tasks", i, "data_dir"), task.data_dir, spec.needs_data_dir))
         elif task.data_dir:  # hub datasets
-            why, found = _guarded(("tasks", i, "data_dir"), task.data_dir, check_data_dir, task.name, task.data_dir,
+            why, found = _guarded(("tasks", i, "data_dir"), task.data_dir, check_data_dir, spec.dataset, task.data_dir,
                                   task.k_shot)
             issues.extend(found)
             if why:
@@ -643,7 +653,7 @@ def check_semantics(recipe: Recipe, data: dict, check_model: bool = True) -> lis
         if variant.name in seen_variants:
             issues.append(Issue(("variants", v, "name"), variant.name, "duplicate variant name; names must be unique"))
         seen_variants.add(variant.name)
-        issues.extend(check_steps(variant.steps, ("variants", v, "steps"), methods, model_config, recipe))
+        issues.extend(check_steps(variant.steps, data["variants"][v]["steps"], ("variants", v, "steps"), model_config))
     issues.extend(check_endpoints(recipe, seen_variants, tasks))
     return issues
 
@@ -663,7 +673,7 @@ def check_endpoints(recipe: Recipe, variant_names: set[str], tasks: dict) -> lis
         endpoints.append((("judge",), recipe.judge))
         cells = {t.cell: t.name for t in recipe.tasks}
         for j, cell in enumerate([] if recipe.judge.tasks == "all" else recipe.judge.tasks):
-            spec = tasks.get(cells.get(cell, ""))
+            spec = tasks.find(cells.get(cell, ""))
             if cell not in cells:
                 issues.append(Issue(("judge", "tasks", j), cell, "no such task cell; " + _suggest(cell, list(cells))))
             elif spec is not None and (spec.metric != "accuracy" or spec.answer_type == "text"):
@@ -679,9 +689,8 @@ def check_endpoints(recipe: Recipe, variant_names: set[str], tasks: dict) -> lis
 
 def check_bertscore(recipe: Recipe, tasks: dict) -> list[Issue]:
     """bertscore.model must resolve (a missing local directory or package fails here, not after generation)."""
-    from evaluate.bertscore import check_model
 
-    if not any(tasks.get(t.name) is not None and tasks[t.name].metric == "bertscore_recall" for t in recipe.tasks):
+    if not any((spec := tasks.find(t.name)) is not None and spec.metric == "bertscore_recall" for t in recipe.tasks):
         return []
     message = check_model(recipe.bertscore.model)
     return [Issue(("bertscore", "model"), recipe.bertscore.model, message)] if message else []
@@ -699,44 +708,23 @@ def _large_ints(params: dict, loc: tuple) -> list[Issue]:
     return issues
 
 
-def check_steps(steps: list[dict], prefix: tuple, methods: dict, model_config: Any, recipe: Recipe) -> list[Issue]:
+def check_steps(steps: list[Any], raw: list[Any], prefix: tuple, model_config: Any) -> list[Issue]:
+    """What a step's own schema cannot see: its place in the chain (a dense step after a finalizing format, a
+    format the next step cannot train on) and the model's architecture (group sizes, N:M, heads)."""
+
     issues: list[Issue] = []
     finalized_by: str | None = None
     earlier: list = []  # the MethodSpecs of the steps before this one
-    for s, step in enumerate(steps):
+    for s, (params, step) in enumerate(zip(steps, raw, strict=True)):
         loc = (*prefix, s)
-        name = step.get("method")
-        if name is None:
-            issues.append(Issue(loc, step, "each step needs 'method: <name>'; see `compress methods`"))
-            continue
-        if not isinstance(name, str):
-            issues.append(Issue((*loc, "method"), name, f"a method name (text) is expected, not {_kind(name)}; "
-                                                        "write e.g. method: rtn (see `compress methods`)"))
-            continue
-        if name not in methods:
-            issues.append(Issue((*loc, "method"), name, "no such method; " + _suggest(name, list(methods))))
-            continue
-        spec = methods[name]
+        spec = METHODS[params.method]
         if finalized_by is not None and not getattr(spec.params, "accepts_quantized", False):
-            issues.append(Issue((*loc, "method"), name,
+            issues.append(Issue((*loc, "method"), spec.name,
                                 f"comes after {finalized_by!r}, whose format admits no further dense steps; "
-                                f"put {name!r} before it"))
+                                f"put {spec.name!r} before it"))
         if spec.finalizes:
-            finalized_by = name
-        params_data = {k: v for k, v in step.items() if k != "method"}
+            finalized_by = spec.name
         before, earlier = list(earlier), [*earlier, spec]
-        if large := _large_ints(params_data, loc):
-            issues.extend(large)
-            continue
-        try:
-            params = spec.params.model_validate(params_data, strict=True)
-        except ValidationError as exc:
-            issues.extend(_pydantic_issues(exc, params_data, loc))
-            continue
-        except Exception as exc:  # a method's own validator failing on an odd value
-            issues.append(Issue(loc, step, f"cannot be checked ({type(exc).__name__}: {str(exc)[:300]}); fix "
-                                           "the step's values"))
-            continue
         chain, found = _guarded(loc, step, params.check_chain, before)
         issues.extend(found)
         for field_name, message in chain or []:
@@ -749,6 +737,18 @@ def check_steps(steps: list[dict], prefix: tuple, methods: dict, model_config: A
     return issues
 
 
+def _step_size_issues(data: dict) -> list[Issue]:
+    """Integer step parameters beyond MAX_STEP_INT, checked on the raw recipe before any schema runs."""
+    issues = []
+    variants = data.get("variants")
+    for v, variant in enumerate(variants if isinstance(variants, list) else []):
+        steps = variant.get("steps") if isinstance(variant, dict) else None
+        for s, step in enumerate(steps if isinstance(steps, list) else []):
+            if isinstance(step, dict):
+                issues += _large_ints({k: x for k, x in step.items() if k != "method"}, ("variants", v, "steps", s))
+    return issues
+
+
 def _validate(data: Any, source: str, root: yaml.Node | None, default_output: str | None,
               check_model: bool) -> Recipe:
     """The shared path of load_recipe and recipe_from_dict: hygiene, strict schema, then semantics."""
@@ -756,11 +756,11 @@ def _validate(data: Any, source: str, root: yaml.Node | None, default_output: st
         raise RecipeError([Issue((), _MISSING, "a recipe is a YAML mapping with model, variants and tasks "
                                                f"(this file holds {_kind(data)}); see README.md's example",
                                  _line_of(root, ()))], source)
-    issues = _empty_sections(root) + _hygiene_issues(data)
+    issues = _empty_sections(root) + _hygiene_issues(data) + _step_size_issues(data)
     located = {i.loc for i in issues}
     recipe = None
     try:
-        recipe = Recipe.model_validate(data, strict=True)
+        recipe = recipe_model().model_validate(data, strict=True)
     except ValidationError as exc:
         issues += [i for i in _pydantic_issues(exc, data) if i.loc not in located and i.loc[:1] not in located]
     if recipe is not None and not issues:

@@ -1,5 +1,5 @@
-"""The study runner: baseline once, then each variant built, saved, reloaded from disk, evaluated on
-the frozen prompts and profiled. Everything finished is in the ledger; reruns skip it."""
+"""The study runner: baseline once, then each variant built, saved, reloaded from disk, evaluated on the frozen
+prompts and profiled. Everything finished is in the ledger as typed records; reruns skip it."""
 
 from __future__ import annotations
 
@@ -15,32 +15,32 @@ from typing import Any
 
 import torch
 
+from compress.build import SkipVariant, build
 from compress.calibration import calibration_provider, resolve_source
-from compress.ledger import Ledger
-from compress.models import (
-    disk_bytes,
-    load_config,
-    load_model,
-    load_tokenizer,
-    resolve_model_source,
-    save_model,
-    source_info,
-)
 from compress.recipe import BASELINE, Recipe, TaskEntry
-from compress.registry import StepContext, load_builtin_methods
+from compress.registry import CalibrationData, MethodParams, MethodSpec
+from evaluate.api_model import APIError, APIModel, client_from_spec
+from evaluate.bertscore import configure as configure_bertscore
 from evaluate.fidelity import evaluate_windows
 from evaluate.generation import DecodingConfig
 from evaluate.harness import PromptSet, build_prompt_set, evaluate_cell, load_prompt_set, save_prompt_set
+from evaluate.interrupts import Interrupted, StudyLock
+from evaluate.judge import JUDGE_METRICS, judge_applies, judge_cell, judge_key
+from evaluate.ledger import Ledger
+from evaluate.loglikelihood import apply_loglik
 from evaluate.memory import measure_footprint, stored_bits_per_param
+from evaluate.models import disk_bytes, load_config, load_model, load_tokenizer, resolve_model_source, source_info
 from evaluate.profiling import ProfileConfig, profile_in_subprocess
+from evaluate.progress import NullProgress, Progress
 from evaluate.prompts import PromptConfig, decoding_for, resolve_chat_template
+from evaluate.records import Build, CellMetrics, GgufSource
+from evaluate.report import write_outputs
+from evaluate.scoring import batch_scorer_for
 from evaluate.tasks.perplexity import default_seq_len
 
 log = logging.getLogger("slimlab")
 
-
-class SkipVariant(Exception):
-    """A variant that cannot run here (e.g. a CUDA-only kernel on a CPU machine): reported, not fatal."""
+__all__ = ["SkipVariant", "Study", "run_study"]
 
 
 @dataclass
@@ -54,6 +54,7 @@ class Cell:
 class Study:
     recipe: Recipe
     out_dir: Path
+    progress: Progress = field(default_factory=NullProgress)
     computed: list[str] = field(default_factory=list)  # what this run actually (re)computed
 
     def __post_init__(self) -> None:
@@ -62,24 +63,34 @@ class Study:
         self.ledger = Ledger(self.out_dir / "results.sqlite")
         self.source = resolve_model_source(self.recipe.model.name)
         self.model_config: Any = None  # read once the source is materialized (run())
-        self.methods = load_builtin_methods()
-        from evaluate.bertscore import configure  # the encoder of bertscore_recall tasks (SNI)
-
+        self.run_id: int | None = None
         b, device = self.recipe.bertscore, self.recipe.model.device
-        configure(b.model, b.num_layers, b.batch_size, None if device == "auto" else device)
+        configure_bertscore(b.model, b.num_layers, b.batch_size, None if device == "auto" else device)
+
+    def done(self, what: str) -> None:
+        """A piece of work finished: recorded at once, so a killed run's ledger says what it did."""
+        self.computed.append(what)
+        if self.run_id is not None:
+            self.ledger.add_computed(self.run_id, what)
 
     # keys: a result is reused only while everything that produced it is unchanged -------------
     def baseline_key(self) -> str:
         m = self.recipe.model
         return self.recipe.fingerprint(m.name, m.revision, m.dtype, m.device)
 
-    def variant_key(self, steps: list[dict]) -> str:
-        return self.recipe.fingerprint(self.baseline_key(), steps, self.calibration_spec(), self.recipe.seed)
+    def variant_key(self, steps: list[MethodParams]) -> str:
+        return self.recipe.fingerprint(self.baseline_key(), [s.recipe_dict() for s in steps],
+                                       self.calibration_spec(), self.recipe.seed)
 
     def calibration_spec(self) -> dict:
-        """The calibration a variant was built with, `auto` resolved (recorded with each build)."""
+        """The calibration a variant is built with, `auto` resolved (recorded with each build)."""
         c = self.recipe.calibration
         return {**c.model_dump(), "source": resolve_source(c.source, self.source.kind)}
+
+    def calibration(self) -> CalibrationData:
+        spec = self.calibration_spec()
+        return CalibrationData(spec["source"], spec["n_samples"], spec["seq_len"],
+                               calibration_provider(spec["source"], self.recipe.seed))
 
     def cell_key(self, variant_key: str, cell: Cell) -> str:
         scorer = [self.recipe.bertscore.model_dump()] if cell.pset.task.metric == "bertscore_recall" else []
@@ -129,48 +140,45 @@ class Study:
                 sample_dir = self.out_dir / "samples" / variant
                 partial = sample_dir / f"{cell.entry.cell}.partial.jsonl"
                 log.info("evaluating %s on %s (%d items)", variant, cell.entry.cell, len(cell.pset.items))
+                self.progress.cell(variant, cell.entry.cell, len(cell.pset.items) * cell.entry.repeats)
                 t0 = time.perf_counter()
                 metrics, samples = self.evaluate_cell(cell, model, tokenizer, partial, reference)
-                metrics = {**metrics, "eval_s": time.perf_counter() - t0, "metric": cell.pset.task.metric}
+                metrics.eval_s = time.perf_counter() - t0
                 final = sample_dir / f"{cell.entry.cell}.jsonl"
                 final.write_text("".join(json.dumps(s) + "\n" for s in samples))
                 partial.unlink(missing_ok=True)
                 self.ledger.put_cell(variant, cell.entry.cell, cell.entry.name, ckey, metrics)
-                self.computed.append(f"{variant}/{cell.entry.cell}")
+                self.done(f"{variant}/{cell.entry.cell}")
         finally:
             if reference is not None:
                 reference.release()
 
     def evaluate_cell(self, cell: Cell, model: Any, tokenizer: Any, partial: Path, reference: _Reference | None,
-                      extras: bool = True) -> tuple[dict, list[dict]]:
+                      extras: bool = True) -> tuple[CellMetrics, list[dict]]:
         """(metrics, samples) of one model on one cell: generation and scoring, or token windows. `extras`:
         also log-likelihood choices and the judge (not for the intermediate stages of a chain)."""
-        from evaluate.loglikelihood import apply_loglik
-        from evaluate.metrics import batch_scorer_for
-
         if cell.pset.task.windows:
             windows = [[int(t) for t in p.split()] for p in cell.pset.prompts]
             metrics, samples = evaluate_windows(model, windows, [it.id for it in cell.pset.items], partial,
-                                                reference.load if reference is not None else None)
-            return {**metrics, "seq_len": float(len(windows[0])), "tokenizer": _tokenizer_name(tokenizer)}, samples
+                                                reference.load if reference is not None else None,
+                                                on_window=self.progress.advance)
+            return metrics.merged({"tokenizer": _tokenizer_name(tokenizer)}), samples
         result = evaluate_cell(model, tokenizer, cell.pset, cell.decoding, partial, cell.entry.repeats,
-                               batch_scorer_for(cell.pset.task))
-        metrics = dict(result.metrics)
+                               batch_scorer_for(cell.pset.task), on_progress=self.progress.advance)
+        metrics = result.metrics
         if extras:  # multiple choice: also score each option by log-likelihood (samples gain loglik_choice)
-            metrics.update(apply_loglik(model, tokenizer, cell.pset, result.samples, cell.decoding.batch_size))
-            metrics.update(self.judge(cell, result.samples))
-        if result.metrics["truncated"] > 0.05 * len(result.samples):
+            metrics = metrics.merged(apply_loglik(model, tokenizer, cell.pset, result.samples,
+                                                  cell.decoding.batch_size))
+            metrics = metrics.merged(self.judge(cell, result.samples))
+        if (metrics.truncated or 0) > 0.05 * len(result.samples):
             log.warning("%s: %d of %d outputs hit max_new_tokens=%d before ending (their answers may be cut); "
-                        "raise tasks[].max_new_tokens for %s", cell.entry.cell, result.metrics["truncated"],
+                        "raise tasks[].max_new_tokens for %s", cell.entry.cell, metrics.truncated,
                         len(result.samples), cell.decoding.max_new_tokens, cell.entry.cell)
         return metrics, result.samples
 
     # LLM judge and API models (evaluate/judge.py, evaluate/api_model.py) ---------------------
     def judge(self, cell: Cell, samples: list[dict]) -> dict:
         """Judge metrics for a freshly evaluated cell (samples gain judge_* fields), {} if not judged."""
-        from evaluate.api_model import APIError
-        from evaluate.judge import judge_applies, judge_cell
-
         if not judge_applies(self.recipe.judge, cell.entry.cell, cell.pset.task):
             return {}
         try:
@@ -179,37 +187,37 @@ class Study:
             log.error("judge failed on %s: %s", cell.entry.cell, exc)
             return {"judge_error": str(exc)[:500]}
 
-    def rejudge(self, variant: str, cell: Cell, ckey: str, cached: dict) -> None:
+    def rejudge(self, variant: str, cell: Cell, ckey: str, cached: CellMetrics) -> None:
         """A finished cell whose judge settings changed is re-judged from its samples, not regenerated."""
-        from evaluate.judge import JUDGE_METRICS, judge_applies, judge_key
-
         spec, path = self.recipe.judge, self.out_dir / "samples" / variant / f"{cell.entry.cell}.jsonl"
         if (not judge_applies(spec, cell.entry.cell, cell.pset.task) or not path.exists()
-                or cached.get("judge_key") == judge_key(spec, self.recipe.seed)):
+                or cached.judge_key == judge_key(spec, self.recipe.seed)):
             return
         samples = [json.loads(line) for line in path.read_text().splitlines()]
-        metrics = {k: v for k, v in cached.items() if k not in JUDGE_METRICS} | self.judge(cell, samples)
+        cleared = cached.merged(dict.fromkeys(JUDGE_METRICS))
+        metrics = cleared.merged(self.judge(cell, samples))
         path.write_text("".join(json.dumps(s) + "\n" for s in samples))
         self.ledger.put_cell(variant, cell.entry.cell, cell.entry.name, ckey, metrics)
-        self.computed.append(f"{variant}/{cell.entry.cell}/judge")
+        self.done(f"{variant}/{cell.entry.cell}/judge")
 
     def run_api_model(self, position: int, spec: Any, tokenizer: Any, cells: list[Cell]) -> None:
         """An API model as its own row: same frozen prompts and decoding; latency from its measured
         requests; no weights, memory or disk here to measure (null)."""
-        from evaluate.api_model import APIModel, client_from_spec
-
         model = APIModel(spec.name, client_from_spec(spec), spec.max_concurrency)
         key = self.recipe.fingerprint("api", spec.base_url, spec.model)
         self.ledger.upsert_variant(spec.name, key, position=position, steps=[{"method": f"api:{spec.model}"}],
-                                   footprint={"backend": model.backend}, model_dir=None)
+                                   model_dir=None)
+        self.progress.variant(spec.name, "evaluating")
         try:
             self.evaluate_model(spec.name, model, tokenizer, key, cells)
             if model.requests:
                 self.ledger.upsert_variant(spec.name, key, profile=model.latency_profile())
             self.ledger.upsert_variant(spec.name, key, status="ok", reason=None)
+            self.progress.finished(spec.name, "ok")
         except Exception as exc:  # a failing endpoint must not sink the study; APIError messages hold no key
             log.error("api model %s failed: %s", spec.name, exc)
             self.ledger.upsert_variant(spec.name, key, status="failed", reason=f"{type(exc).__name__}: {exc}"[:2000])
+            self.progress.finished(spec.name, "failed")
 
     def cells_pending(self, variant: str, key: str, cells: list[Cell]) -> bool:
         return any(self.ledger.cell(variant, c.entry.cell, self.cell_key(key, c)) is None for c in cells)
@@ -217,81 +225,58 @@ class Study:
     def profile(self, variant: str, location: str) -> None:
         p = self.recipe.profile
         row = self.ledger.variant(variant)
-        if not p.enabled or (row and row.get("profile")):
+        if not p.enabled or (row is not None and row.profile is not None):
             return
         log.info("profiling %s", variant)
+        self.progress.variant(variant, "profiling")
         config = ProfileConfig(p.prompt_tokens, p.new_tokens, p.warmup, p.repeats, tuple(p.batch_sizes))
         m = self.recipe.model
         result = profile_in_subprocess(location, m.dtype, m.device, config, m.trust_remote_code)
-        self.ledger.upsert_variant(variant, row["key"], profile=result)
-        self.computed.append(f"{variant}/profile")
+        self.ledger.upsert_variant(variant, row.key, profile=result)
+        self.done(f"{variant}/profile")
 
     def run_baseline(self, tokenizer: Any, cells: list[Cell]) -> None:
         key = self.baseline_key()
         m = self.recipe.model
+        origin = source_info(self.source.location)
         self.ledger.upsert_variant(BASELINE, key, position=0, steps=[], model_dir=self.source.location,
-                                   build={"source": source_info(self.source.location)})
+                                   build=Build(source=GgufSource(**origin) if origin else None))
+        self.progress.variant(BASELINE, "evaluating")
         if self.cells_pending(BASELINE, key, cells):
             model = load_model(self.source.location, m.dtype, m.device, m.trust_remote_code, m.revision)
-            self.ledger.upsert_variant(BASELINE, key, footprint=measure_footprint(model).as_dict(), status="ok")
+            self.ledger.upsert_variant(BASELINE, key, footprint=measure_footprint(model), status="ok")
             self.evaluate_model(BASELINE, model, tokenizer, key, cells)
             del model
             gc.collect()
         if self.source.is_local:
             self.ledger.upsert_variant(BASELINE, key, disk_bytes=_weights_disk_bytes(Path(self.source.location)))
         self.profile(BASELINE, self.source.location)
+        self.progress.finished(BASELINE, "ok")
 
     # variants -------------------------------------------------------------------------------
-    def build_variant(self, name: str, steps: list[dict], key: str, tokenizer: Any) -> Path:
+    def build_variant(self, name: str, steps: list[MethodParams], key: str, tokenizer: Any) -> Path:
         vdir = self.out_dir / "variants" / name
         model_dir = vdir / "model"
         marker = vdir / "build.json"
-        if marker.exists() and json.loads(marker.read_text()).get("key") == key and model_dir.exists():
+        if marker.exists() and model_dir.exists() and Build.model_validate_json(marker.read_text()).key == key:
             return model_dir
-        m = self.recipe.model
-        for step in steps:
-            spec = self.methods[step["method"]]
-            params = spec.params.model_validate({k: v for k, v in step.items() if k != "method"})
-            reason = spec.unavailable_reason(m.device, params)
-            if reason:
-                raise SkipVariant(f"method {step['method']!r} cannot run here: {reason}")
         shutil.rmtree(vdir, ignore_errors=True)
-        work = vdir / "work"
-        work.mkdir(parents=True)
-        log.info("building %s: %s", name, " -> ".join(s["method"] for s in steps))
-        model = load_model(self.source.location, m.dtype, m.device, m.trust_remote_code, m.revision)
-        ctx = StepContext(tokenizer=tokenizer, source_dir=Path(self.source.location), workdir=work,
-                          seed=self.recipe.seed, device=m.device, dtype=m.dtype,
-                          trust_remote_code=m.trust_remote_code,
-                          calibration=calibration_provider(self.calibration_spec()["source"], self.recipe.seed),
-                          extras={"recipe": self.recipe})
-        timings = []
-        for i, step in enumerate(steps):
-            spec = self.methods[step["method"]]
-            params = spec.params.model_validate({k: v for k, v in step.items() if k != "method"})
-            ctx.extras["pristine"] = i == 0
-            t0 = time.perf_counter()
-            model = spec.apply(model, params, ctx)
-            timings.append({"method": spec.name, "seconds": time.perf_counter() - t0})
-            if i < len(steps) - 1 and any(v.name == name and v.eval_stages for v in self.recipe.variants):
-                self.on_stage(name, key, i, spec.name, model, tokenizer)
-        # saved in the format of the last step that produced a non-dense one (a registered saver, if any)
-        fmt = next((f for f in (self.methods[s["method"]].produces for s in reversed(steps)) if f != "dense"), "dense")
-        save_model(model, tokenizer, model_dir, fmt)
-        shutil.rmtree(work, ignore_errors=True)
-        del model
-        gc.collect()
-        uses = [s["method"] for s in steps if self.methods[s["method"]].params.model_validate(
-            {k: v for k, v in s.items() if k != "method"}).uses_calibration()]
-        calibration = {**self.calibration_spec(), "used_by": uses} if uses else None
-        marker.write_text(json.dumps({"key": key, "steps": steps, "timings": timings, "format": fmt,
-                                      "calibration": calibration}))
-        self.computed.append(f"{name}/build")
+        log.info("building %s: %s", name, " -> ".join(s.method for s in steps))
+        self.progress.variant(name, "building")
+        m = self.recipe.model
+        stages = any(v.name == name and v.eval_stages for v in self.recipe.variants)
+        record = build(self.source.location, steps, model_dir, tokenizer, dtype=m.dtype, device=m.device,
+                       trust_remote_code=m.trust_remote_code, seed=self.recipe.seed, calibration=self.calibration(),
+                       on_stage=(lambda i, spec, model: self.on_stage(name, key, i, spec, model, tokenizer))
+                       if stages else None)
+        record.key = key
+        marker.write_text(record.model_dump_json())
+        self.done(f"{name}/build")
         return model_dir
 
-    def on_stage(self, variant: str, key: str, stage: int, method: str, model: Any, tokenizer: Any) -> None:
+    def on_stage(self, variant: str, key: str, stage: int, spec: MethodSpec, model: Any, tokenizer: Any) -> None:
         """Evaluate an intermediate model of a chain so each step's cost shows in the report."""
-        footprint = measure_footprint(model).as_dict()
+        footprint = measure_footprint(model)
         reference = _Reference(self.source.location, self.recipe.model)
         try:
             for cell in self._cells:
@@ -299,53 +284,70 @@ class Study:
                 if self.ledger.stage(variant, stage, cell.entry.cell, skey) is not None:
                     continue
                 partial = self.out_dir / "samples" / variant / f"stage{stage}-{cell.entry.cell}.partial.jsonl"
+                self.progress.cell(variant, f"{cell.entry.cell} (after {spec.name})", len(cell.pset.items))
                 metrics, _ = self.evaluate_cell(cell, model, tokenizer, partial, reference, extras=False)
-                self.ledger.put_stage(variant, stage, method, cell.entry.cell, skey, metrics, footprint)
-                self.computed.append(f"{variant}/stage{stage}/{cell.entry.cell}")
+                self.ledger.put_stage(variant, stage, spec.name, cell.entry.cell, skey, metrics, footprint)
+                self.done(f"{variant}/stage{stage}/{cell.entry.cell}")
         finally:
             reference.release()
 
-    def run_variant(self, position: int, name: str, steps: list[dict], tokenizer: Any, cells: list[Cell]) -> None:
+    def run_variant(self, position: int, name: str, steps: list[MethodParams], tokenizer: Any,
+                    cells: list[Cell]) -> None:
         key = self.variant_key(steps)
-        self.ledger.upsert_variant(name, key, position=position, steps=steps)
-        row = self.ledger.variant(name)
-        if row.get("status") == "skipped":
+        self.ledger.upsert_variant(name, key, position=position, steps=[s.recipe_dict() for s in steps])
+        if self.ledger.variant(name).status == "skipped":
+            self.progress.finished(name, "skipped")
             return
         m = self.recipe.model
         try:
             model_dir = self.build_variant(name, steps, key, tokenizer)
-            marker = json.loads((model_dir.parent / "build.json").read_text())
-            self.ledger.upsert_variant(name, key, model_dir=str(model_dir), build=marker,
+            self.ledger.upsert_variant(name, key, model_dir=str(model_dir),
+                                       build=Build.model_validate_json((model_dir.parent / "build.json").read_text()),
                                        disk_bytes=_weights_disk_bytes(model_dir))
             if self.cells_pending(name, key, cells):
+                self.progress.variant(name, "evaluating")
                 model = load_model(str(model_dir), m.dtype, m.device, m.trust_remote_code)
-                footprint = {**measure_footprint(model).as_dict(),
-                             "stored_bits_per_param": stored_bits_per_param(model_dir, model)}
+                footprint = measure_footprint(model)
+                footprint.stored_bits_per_param = stored_bits_per_param(model_dir, model)
                 self.ledger.upsert_variant(name, key, footprint=footprint)
                 self.evaluate_model(name, model, tokenizer, key, cells)
                 del model
                 gc.collect()
             self.profile(name, str(model_dir))
             self.ledger.upsert_variant(name, key, status="ok", reason=None)
+            self.progress.finished(name, "ok")
         except SkipVariant as exc:
             log.warning("skipping %s: %s", name, exc)
             self.ledger.upsert_variant(name, key, status="skipped", reason=str(exc))
+            self.progress.finished(name, "skipped")
         except Exception as exc:  # one broken variant must not sink the study
             log.error("variant %s failed: %s", name, exc)
-            self.ledger.upsert_variant(name, key, status="failed",
-                                       reason=f"{type(exc).__name__}: {exc}"[:2000],
-                                       build={"traceback": traceback.format_exc()[-4000:]})
+            log.debug("%s", traceback.format_exc())
+            self.ledger.upsert_variant(name, key, status="failed", reason=f"{type(exc).__name__}: {exc}"[:2000],
+                                       build=Build(traceback=traceback.format_exc()[-4000:]))
+            self.progress.finished(name, "failed")
 
     def run(self) -> Path:
-        from evaluate.report import write_outputs
+        """The whole study, as the one writer of its directory (a second run is refused at once)."""
+        with StudyLock(self.out_dir):
+            self.run_id = self.ledger.start_run(self.recipe.model_dump(mode="json"))
+            try:
+                return self._run()
+            except Interrupted:
+                self.ledger.finish_run(self.run_id, "interrupted")
+                raise
+            except BaseException:
+                self.ledger.finish_run(self.run_id, "failed")
+                raise
 
-        run_id = self.ledger.start_run(self.recipe.model_dump())
+    def _run(self) -> Path:
         m = self.recipe.model
         self.source.materialize()  # a GGUF file becomes a checkpoint directory once (cached across studies)
         self.model_config = load_config(self.source.location, m.trust_remote_code, m.revision)
         tokenizer = load_tokenizer(self.source.location, m.trust_remote_code, m.revision)
         cells = self.prepare_cells(tokenizer)
         self._cells = cells
+        self.progress.study(1 + len(self.recipe.variants) + len(self.recipe.api_models))
         # what exists now (imported torch/transformers, tokenizer, frozen prompts) lives for the whole run:
         # out of the collector's sight, each gc.collect() after a model scans only what that model made.
         # Unfrozen afterwards, so a process that runs several studies can still collect what is older.
@@ -358,7 +360,7 @@ class Study:
                 self.run_api_model(position, api, tokenizer, cells)
         finally:
             gc.unfreeze()
-        self.ledger.finish_run(run_id, self.computed)
+        self.ledger.finish_run(self.run_id)
         return write_outputs(self.ledger, self.out_dir, self.recipe)
 
 
@@ -389,5 +391,5 @@ def _weights_disk_bytes(model_dir: Path) -> int:
     return sum(p.stat().st_size for p in weights) if weights else disk_bytes(model_dir)
 
 
-def run_study(recipe: Recipe, out_dir: str | Path | None = None) -> Path:
-    return Study(recipe, Path(out_dir or recipe.output)).run()
+def run_study(recipe: Recipe, out_dir: str | Path | None = None, progress: Progress | None = None) -> Path:
+    return Study(recipe, Path(out_dir or recipe.output), progress or NullProgress()).run()

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.ledger import Ledger
+from evaluate.ledger import Ledger
 from evaluate.pareto import VariantSummary, summarize_variants
+from evaluate.plots import new_figure, to_png
+from evaluate.records import ResultRow
 from evaluate.report import _cell, _fmt, _mib, _table, render_html, result_rows, study_recipe, write_figures
 
 
-def load_study(directory: Path) -> tuple[str, dict, list[dict], list[VariantSummary]]:
+def load_study(directory: Path) -> tuple[str, dict, list[ResultRow], list[VariantSummary]]:
     path = Path(directory) / "results.sqlite"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {directory} a study output directory?")
@@ -25,8 +27,6 @@ def load_study(directory: Path) -> tuple[str, dict, list[dict], list[VariantSumm
 
 
 def _combined_plot(studies: list[tuple[str, list[VariantSummary]]]) -> bytes | None:
-    from evaluate.plots import new_figure, to_png
-
     fig = new_figure((6.4, 4.2))
     ax = fig.subplots()
     drawn = False
@@ -73,14 +73,13 @@ def render_compare(dir_a: Path, dir_b: Path, figures: dict[str, bytes]) -> str:
     out += ["## Variants", "", "· = the variant is not in that study.", ""]
     out += _table(["variant", "acc A", "acc B", "mean Δ A", "mean Δ B", "weights A (MiB)", "weights B (MiB)",
                    "peak A (MiB)", "peak B (MiB)", "ms/token A", "ms/token B", "tokens/s A", "tokens/s B"], body)
-    tasks_a = list(dict.fromkeys(r["task"] for r in rows_a))
-    tasks_b = set(r["task"] for r in rows_b)
+    tasks_a = list(dict.fromkeys(r.task for r in rows_a))
+    tasks_b = {r.task for r in rows_b}
     common = [t for t in tasks_a if t in tasks_b]
     if common:
-        by_a = {(r["variant"], r["task"]): r for r in rows_a}
-        by_b = {(r["variant"], r["task"]): r for r in rows_b}
-        body = [[v, *[f"{_fmt((by_a.get((v, t)) or {}).get('value'))} / {_fmt((by_b.get((v, t)) or {}).get('value'))}"
-                      for t in common]] for v in names]
+        by_a = {(r.variant, r.task): r.value for r in rows_a}
+        by_b = {(r.variant, r.task): r.value for r in rows_b}
+        body = [[v, *[f"{_fmt(by_a.get((v, t)))} / {_fmt(by_b.get((v, t)))}" for t in common]] for v in names]
         out += ["## Tasks both studies ran (A / B)", "", *_table(["variant", *common], body)]
     only = sorted(set(tasks_a) ^ tasks_b)
     if only:

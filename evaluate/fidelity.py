@@ -14,11 +14,13 @@ import math
 import statistics
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from evaluate.generation import model_device
+from evaluate.harness import read_records
+from evaluate.interrupts import whole_write
+from evaluate.records import CellMetrics
 
 
 def _window_logprobs(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -47,34 +49,29 @@ def _percentile(values: list[float], q: float) -> float:
         else values[0]
 
 
-def summarize_windows(samples: list[dict]) -> dict[str, Any]:
+def summarize_windows(samples: list[dict], metric: str = "perplexity") -> CellMetrics:
     """Cell metrics: perplexity and mean NLL over every predicted token; KL mean, percentiles and max, and
     top-1 agreement (percent) when the samples were scored against a reference."""
     tokens = sum(s["n_tokens"] for s in samples)
     nll = sum(s["nll"] for s in samples) / tokens
-    metrics: dict[str, Any] = {"perplexity": math.exp(nll), "nll_mean": nll, "n": float(len(samples)),
-                               "n_tokens": float(tokens)}
+    metrics = CellMetrics(metric=metric, perplexity=math.exp(nll), nll_mean=nll, n=float(len(samples)),
+                          n_tokens=float(tokens), seq_len=float(samples[0]["n_tokens"] + 1) if samples else None)
     if samples and all("kl" in s for s in samples):
         kl = [x for s in samples for x in s["kl"]]
-        metrics.update(kl_mean=statistics.fmean(kl), kl_p50=_percentile(kl, 0.5), kl_p90=_percentile(kl, 0.9),
-                       kl_p99=_percentile(kl, 0.99), kl_max=max(kl),
-                       top1_agreement=100.0 * sum(s["top1_same"] for s in samples) / tokens)
+        metrics = metrics.merged(dict(
+            kl_mean=statistics.fmean(kl), kl_p50=_percentile(kl, 0.5), kl_p90=_percentile(kl, 0.9),
+            kl_p99=_percentile(kl, 0.99), kl_max=max(kl),
+            top1_agreement=100.0 * sum(s["top1_same"] for s in samples) / tokens))
     return metrics
 
 
 def evaluate_windows(model: torch.nn.Module, window_ids: list[list[int]], item_ids: list[str], partial_path: Path,
-                     reference: Callable[[], torch.nn.Module] | None = None) -> tuple[dict[str, Any], list[dict]]:
+                     reference: Callable[[], torch.nn.Module] | None = None,
+                     on_window: Callable[[int], None] | None = None) -> tuple[CellMetrics, list[dict]]:
     """Score every window (finished windows are appended to `partial_path`, so a killed cell resumes);
     `reference` loads the FP model when a window still needs it (None for the baseline itself)."""
     partial_path.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[str, dict] = {}
-    if partial_path.exists():
-        for line in partial_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a torn last line from a killed run
-                continue
-            done[record["id"]] = record
+    done = {record["id"]: record for record in read_records(partial_path)}
     ref = None
     with partial_path.open("a") as f:
         for item_id, ids in zip(item_ids, window_ids, strict=True):
@@ -84,7 +81,10 @@ def evaluate_windows(model: torch.nn.Module, window_ids: list[list[int]], item_i
                 ref = reference()
             record = {"id": item_id, "repeat": 0, **score_window(model, torch.tensor(ids), ref)}
             done[item_id] = record
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+            with whole_write():
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+            if on_window is not None:
+                on_window(1)
     samples = [done[i] for i in item_ids]
     return summarize_windows(samples), samples

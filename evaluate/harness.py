@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from evaluate.generation import DecodingConfig, Generation, generate
+from evaluate.interrupts import whole_write
 from evaluate.prompts import PromptConfig, apply_chat_template, pick_exemplars, render_prompt
+from evaluate.records import CellMetrics
 from evaluate.scoring import score_output
 from evaluate.tasks import TASKS, Item, TaskSpec, load_builtin_tasks
 from evaluate.tasks.perplexity import default_seq_len, window_items
@@ -89,20 +91,24 @@ def load_prompt_set(path: Path, cell: str, task_name: str) -> PromptSet:
 
 @dataclass
 class CellResult:
-    metrics: dict[str, Any]  # floats, plus by_<key> breakdown dicts
+    metrics: CellMetrics
     samples: list[dict]
 
 
-def _read_partial(path: Path) -> dict[tuple[str, int], dict]:
-    done: dict[tuple[str, int], dict] = {}
+def read_records(path: Path) -> list[dict]:
+    """The finished records of a partial file (JSON lines); a torn last line from a killed run is skipped."""
+    records = []
     if path.exists():
         for line in path.read_text().splitlines():
             try:
-                r = json.loads(line)
-            except json.JSONDecodeError:  # a torn last line from a killed run
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
                 continue
-            done[(r["id"], r["repeat"])] = r
-    return done
+    return records
+
+
+def _read_partial(path: Path) -> dict[tuple[str, int], dict]:
+    return {(r["id"], r["repeat"]): r for r in read_records(path)}
 
 
 def breakdown_by(samples: list[dict], key: str) -> tuple[dict[str, float], dict[str, int]]:
@@ -117,28 +123,29 @@ def breakdown_by(samples: list[dict], key: str) -> tuple[dict[str, float], dict[
     return acc, {g: len(v) for g, v in sorted(groups.items())}
 
 
-def summarize(samples: list[dict], repeats: int, breakdown: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Accuracy and instruction-following in percent; with repeats, the mean and spread over them;
-    for each meta key in ``breakdown``, ``by_<key>`` (accuracy per value) and ``by_<key>_n``."""
+def summarize(samples: list[dict], repeats: int, breakdown: tuple[str, ...] = (),
+              metric: str = "accuracy") -> CellMetrics:
+    """Accuracy and instruction-following in percent; with repeats, the mean and spread over them; for each
+    meta key in ``breakdown``, the accuracy per value and its count."""
     per_repeat = []
     for r in range(repeats):
         rows = [s for s in samples if s["repeat"] == r]
         per_repeat.append(100.0 * sum(s["score"] for s in rows) / max(len(rows), 1))
-    metrics = {
-        "accuracy": statistics.fmean(per_repeat),
-        "instruction_following": 100.0 * sum(s["followed"] for s in samples) / max(len(samples), 1),
-        "n": float(len(samples) // repeats),
+    metrics = CellMetrics(
+        metric=metric,
+        accuracy=statistics.fmean(per_repeat),
+        instruction_following=100.0 * sum(s["followed"] for s in samples) / max(len(samples), 1),
+        n=float(len(samples) // repeats),
         # outputs cut by max_new_tokens (their answer may never have come) and which rule read each answer
-        "truncated": float(sum(s.get("finish") == "length" for s in samples)),
-        "repeat_loops": float(sum(s.get("finish") == "repeat" for s in samples)),  # ended in a repetition loop
-        "rules": dict(Counter(s["rule"] for s in samples).most_common()),
-    }
-    if repeats > 1:
-        metrics["accuracy_std"] = statistics.stdev(per_repeat)
+        truncated=float(sum(s.get("finish") == "length" for s in samples)),
+        repeat_loops=float(sum(s.get("finish") == "repeat" for s in samples)),  # ended in a repetition loop
+        rules=dict(Counter(s["rule"] for s in samples).most_common()),
+        accuracy_std=statistics.stdev(per_repeat) if repeats > 1 else None,
+    )
     for key in breakdown:
         acc, counts = breakdown_by(samples, key)
         if acc:
-            metrics[f"by_{key}"], metrics[f"by_{key}_n"] = acc, counts
+            metrics.breakdowns[key], metrics.breakdown_counts[key] = acc, counts
     return metrics
 
 
@@ -150,9 +157,14 @@ def evaluate_cell(
     partial_path: Path,
     repeats: int = 1,
     batch_scorer: Callable[[list[str], list[Item]], list[float]] | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> CellResult:
+    """Generate and score every item not yet in `partial_path` (finished batches are appended to it);
+    `on_progress(n)` is told of each finished batch."""
     partial_path.parent.mkdir(parents=True, exist_ok=True)
     done = _read_partial(partial_path)
+    if on_progress is not None and done:
+        on_progress(len(done))  # resumed: what a killed run already finished
     for repeat in range(repeats):
         todo = [i for i, it in enumerate(pset.items) if (it.id, repeat) not in done]
         if not todo:
@@ -160,7 +172,7 @@ def evaluate_cell(
         dec = DecodingConfig(**{**decoding.__dict__, "seed": decoding.seed + 1000 * repeat})
 
         def persist(idx: list[int], gens: list[Generation], todo: list[int] = todo, repeat: int = repeat) -> None:
-            with partial_path.open("a") as f:
+            with whole_write(), partial_path.open("a") as f:
                 for j, gen in zip(idx, gens, strict=True):
                     item = pset.items[todo[j]]
                     s = score_output(pset.task, item, gen.text)
@@ -169,6 +181,8 @@ def evaluate_cell(
                               "meta": item.meta}
                     done[(item.id, repeat)] = record
                     f.write(json.dumps(record) + "\n")
+            if on_progress is not None:
+                on_progress(len(idx))
 
         generate(model, tokenizer, [pset.prompts[i] for i in todo], dec, on_batch=persist)
     samples = [done[(it.id, r)] for r in range(repeats) for it in pset.items]
@@ -176,4 +190,7 @@ def evaluate_cell(
         scores = batch_scorer([s["output"] for s in samples], [it for _ in range(repeats) for it in pset.items])
         for s, value in zip(samples, scores, strict=True):
             s["score"] = value
-    return CellResult(summarize(samples, repeats, pset.task.breakdown), samples)
+    metrics = summarize(samples, repeats, pset.task.breakdown, pset.task.metric)
+    if pset.task.cell_metrics is not None:
+        metrics = metrics.merged(pset.task.cell_metrics(samples, [it for _ in range(repeats) for it in pset.items]))
+    return CellResult(metrics, samples)

@@ -4,10 +4,14 @@ included), bits per parameter over the quantized layers, and the backend/kernel 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from evaluate.formats import layer_kinds
+from evaluate.formats.dense import dense_kind
+from evaluate.records import Backend, Footprint
+from evaluate.sparsity import detect_pattern, measure_sparsity
 
 
 def _inner_tensors(t: Any) -> Iterator[torch.Tensor]:
@@ -57,22 +61,7 @@ def is_linear_like(module: torch.nn.Module) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class MemoryFootprint:
-    weight_bytes: int  # every distinct tensor storage the model holds
-    quantized_layer_bytes: int
-    quantized_layer_params: int
-    bits_per_param: float  # over the decoder's Linear layers (lm_head and embeddings excluded)
-    n_params: int  # logical parameter count (packed weights counted unpacked)
-    backend: str
-    sparsity: float | None = None  # exact zeros over the decoder's dense Linear weights; None: packed format
-    sparsity_per_layer: dict | None = None  # the same per decoder layer ('layers.3': 0.5)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def measure_footprint(model: torch.nn.Module, device_label: str | None = None) -> MemoryFootprint:
+def measure_footprint(model: torch.nn.Module, device_label: str | None = None) -> Footprint:
     seen: set[tuple] = set()
     total = 0
     layer_bytes = 0
@@ -99,28 +88,11 @@ def measure_footprint(model: torch.nn.Module, device_label: str | None = None) -
         elif not any(True for _ in module.children()):
             n_params += sum(p.numel() for p in module.parameters(recurse=False))
     bits = 8.0 * layer_bytes / layer_params if layer_params else 0.0
-    sparsity, per_layer = _measured_sparsity(model)
-    backend = describe_backend(model, device_label, bits)
-    head, _, device = backend.rpartition("; ")
-    if any(hasattr(m, "lora_A") for m in model.modules()):
-        head += " + LoRA adapters (peft, unmerged: an extra matmul per layer)"
-    if sparsity is not None and sparsity >= 0.01:
-        from compress.methods._sparsity import detect_pattern
-
-        if "compressed-tensors" in head:  # decompressed grid values: zeros are pruned or rounded to zero
-            head += f", {sparsity:.0%} exact zeros after decompression (pruned or quantized to 0; not skipped)"
-        else:
-            pattern = detect_pattern(model) or "unstructured"
-            head += f", {pattern} {sparsity:.0%} zeros (dense kernel, zeros not skipped)"
-    return MemoryFootprint(total, layer_bytes, layer_params, round(bits, 3), n_params, f"{head}; {device}",
-                           sparsity, per_layer or None)
-
-
-def _measured_sparsity(model: torch.nn.Module) -> tuple[float | None, dict]:
-    """Exact zeros of the dense decoder Linear weights (see compress.methods._sparsity); packed: (None, {})."""
-    from compress.methods._sparsity import measure_sparsity
-
-    return measure_sparsity(model)
+    sparsity, per_layer = measure_sparsity(model)
+    return Footprint(weight_bytes=total, quantized_layer_bytes=layer_bytes, quantized_layer_params=layer_params,
+                     bits_per_param=round(bits, 3), n_params=n_params,
+                     backend=describe_backend(model, device_label, sparsity),
+                     sparsity=sparsity, sparsity_per_layer=per_layer or None)
 
 
 def _unquantized_names(model: torch.nn.Module) -> set[str]:
@@ -135,70 +107,38 @@ def device_label(model: torch.nn.Module) -> str:
     return device.type.upper()
 
 
-def describe_backend(model: torch.nn.Module, device: str | None, bits: float) -> str:
-    """Name what really runs: the layer class/kernel and whether weights stay packed in memory."""
-    device = device or device_label(model)
-    kinds: set[str] = set()
-    for module in model.modules():
-        cls = type(module).__name__
-        mod = type(module).__module__
-        if cls == "Linear8bitLt":
-            kinds.add("bitsandbytes int8 LLM.int8 (Linear8bitLt)")
-        elif cls == "Linear4bit":
-            qt = getattr(getattr(module.weight, "quant_state", None), "quant_type", "4bit")
-            kinds.add(f"bitsandbytes {qt} (Linear4bit)")
-        elif mod.startswith("optimum.quanto") and hasattr(module, "weight_qtype"):
-            kinds.add(f"optimum-quanto {getattr(module.weight_qtype, 'name', module.weight_qtype)} (QLinear)")
-        elif getattr(module, "quantization_scheme", None) is not None and is_linear_like(module):
-            kinds.add(_compressed_tensors_kind(module))
+def describe_backend(model: torch.nn.Module, device: str | None = None, sparsity: float | None = None) -> Backend:
+    """What really runs the model: each registered format names the kernel of its own layers; dense
+    PyTorch otherwise. Notes say what the kernel does not exploit (zeros) or adds (unmerged adapters)."""
+    fmt, kinds = layer_kinds(model)
     if not kinds:
-        dtype = next(model.parameters()).dtype
-        kinds.add(f"PyTorch dense {str(dtype).removeprefix('torch.')}")
-    return ", ".join(sorted(kinds)) + f"; {device}"
+        kinds = {dense_kind(model)}
+    notes = []
+    if any(hasattr(m, "lora_A") for m in model.modules()):
+        notes.append(" + LoRA adapters (peft, unmerged: an extra matmul per layer)")
+    if sparsity is not None and sparsity >= 0.01:
+        if fmt == "compressed-tensors":  # decompressed grid values: zeros are pruned or rounded to zero
+            notes.append(f", {sparsity:.0%} exact zeros after decompression (pruned or quantized to 0; not skipped)")
+        else:
+            notes.append(f", {detect_pattern(model) or 'unstructured'} {sparsity:.0%} zeros (dense kernel, "
+                         "zeros not skipped)")
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return Backend(format=fmt, kernels=sorted(kinds), notes=notes, device=device or device_label(model),
+                   dtype=dtype, attention=attention)
 
 
-def _args_label(args: Any) -> str:
-    """'int4 g128', 'fp8 per-channel', 'int8 per-token dynamic' from compressed-tensors QuantizationArgs."""
-    kind = "fp" if getattr(args.type, "value", args.type) == "float" else "int"
-    strategy = getattr(args.strategy, "value", args.strategy)
-    where = f"g{args.group_size}" if args.group_size else f"per-{strategy}"
-    return f"{kind}{args.num_bits} {where}" + (" dynamic" if args.dynamic is True else "")
-
-
-def _compressed_tensors_kind(module: torch.nn.Module) -> str:
-    """What a compressed-tensors layer really does. transformers has no int/fp8 kernels for it (the
-    opt-in FP8 kernel path aside): weights are dequantized to the model dtype (a dense matmul), and
-    quantized activations are emulated by quantize-dequantize in that dtype."""
-    scheme = module.quantization_scheme
-    fmt = getattr(scheme, "format", None)
-    fmt = getattr(fmt, "value", fmt) or "unsaved"
-    status = getattr(getattr(module, "quantization_status", None), "value", None)
-    weight = getattr(module, "weight", None)
-    weights = f"W {_args_label(scheme.weights)}" if scheme.weights is not None else "W dense"
-    if isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.element_size() >= 2:
-        dtype = str(weight.dtype).removeprefix("torch.")
-        held = (f"decompressed to {dtype}: no memory saving" if status == "decompressed"
-                else f"fake-quantized in {dtype}")
-    else:
-        held = "packed; decompressed on first forward"
-    if scheme.input_activations is not None:
-        acts = f" + A {_args_label(scheme.input_activations)}"
-        math = "activations quantize-dequantized: int/fp8 matmul emulated, none ran"
-    else:
-        acts = ""
-        math = "dense matmul"
-    if hasattr(module, "_original_forward_func"):  # compressed_tensors.offload.offload_module wrapped it
-        math += "; weights and inputs pass compressed-tensors' offload wrapper on every call"
-    return f"compressed-tensors {fmt} {weights}{acts} ({held}; {math})"
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2,
+                      "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def stored_bits_per_param(model_dir: Any, model: torch.nn.Module) -> float | None:
     """Bits per parameter of the decoder Linear layers as stored on disk: bytes of every safetensors
     tensor under those modules (scales, zero points, quant state included) over their logical
-    parameter count. Reads only the safetensors headers. None when the weights are not safetensors."""
-    import json
-    import struct
+    parameter count, read from the files' headers (safetensors.safe_open). None when not safetensors."""
     from pathlib import Path
+
+    from safetensors import safe_open
 
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
@@ -208,14 +148,14 @@ def stored_bits_per_param(model_dir: Any, model: torch.nn.Module) -> float | Non
               if is_linear_like(m) and n not in skip}
     stored = 0
     for path in files:
-        with open(path, "rb") as f:  # format: u64 little-endian header length, then a JSON header
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            parts = key.split(".")
-            if any(".".join(parts[:i]) in layers for i in range(len(parts) - 1, 0, -1)):
-                start, end = info["data_offsets"]
-                stored += end - start
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                parts = key.split(".")
+                if any(".".join(parts[:i]) in layers for i in range(len(parts) - 1, 0, -1)):
+                    tensor = f.get_slice(key)
+                    numel = 1
+                    for dim in tensor.get_shape():
+                        numel *= dim
+                    stored += numel * _SAFETENSORS_BYTES[tensor.get_dtype()]
     params = sum(layers.values())
     return round(8.0 * stored / params, 3) if params else None

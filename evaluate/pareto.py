@@ -10,6 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from evaluate.records import ResultRow
+
 BASELINE = "baseline"
 
 # what `select.minimize` names -> the VariantSummary field it minimizes, with its unit for messages
@@ -20,6 +24,21 @@ MINIMIZE: dict[str, tuple[str, str]] = {
     "ttft": ("ttft_ms", "time to first token"),
     "disk": ("disk_bytes", "weights on disk"),
 }
+
+
+class SelectSpec(BaseModel):
+    """How the report picks the variant to deploy: the accuracy budget, then the cost to minimize (the recipe's
+    `select:` block)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_accuracy_drop: float = Field(1.0, ge=0)  # points below the baseline (mean over tasks, or each task)
+    per_task: bool = False  # apply max_accuracy_drop to every task, not to the mean
+    minimize: Literal["memory", "peak_memory", "latency", "ttft", "disk"] = "memory"
+    require_status: Literal["ok"] = "ok"
+    include_baseline: bool = True  # the FP model is a candidate too (it may win on latency)
+    max_memory_mib: float | None = Field(None, gt=0)  # optional hard caps on weights in memory / ms per token
+    max_latency_ms_per_token: float | None = Field(None, gt=0)
 
 
 @dataclass
@@ -45,30 +64,29 @@ class VariantSummary:
         return getattr(self, MINIMIZE[name][0])
 
 
-def summarize_variants(rows: Sequence[dict[str, Any]]) -> list[VariantSummary]:
+def summarize_variants(rows: Sequence[ResultRow]) -> list[VariantSummary]:
     """One summary per variant, in row order; a task without a value counts as missing, not as zero.
     Tasks scored lower-is-better (perplexity) have their own report section and stay out of the means."""
-    tasks = list(dict.fromkeys(r["task"] for r in rows if r.get("higher_is_better", True)))
+    tasks = list(dict.fromkeys(r.task for r in rows if r.higher_is_better))
     out = []
-    for name in dict.fromkeys(r["variant"] for r in rows):
-        mine = {r["task"]: r for r in rows if r["variant"] == name}
+    for name in dict.fromkeys(r.variant for r in rows):
+        mine = {r.task: r for r in rows if r.variant == name}
         first = next(iter(mine.values()))
-        values = {t: (mine[t]["value"] if t in mine else None) for t in tasks}
-        deltas = {t: (mine[t].get("delta_vs_baseline") if t in mine else None) for t in tasks}
+        values = {t: (mine[t].value if t in mine else None) for t in tasks}
+        deltas = {t: (mine[t].delta_vs_baseline if t in mine else None) for t in tasks}
         present = [v for v in values.values() if v is not None]
         missing = [t for t, v in values.items() if v is None]
         if name == BASELINE:
             deltas = {t: (0.0 if v is not None else None) for t, v in values.items()}
         known_deltas = [d for d in deltas.values() if d is not None]
         out.append(VariantSummary(
-            variant=name, steps=first.get("steps") or "FP", status=first.get("status") or "pending",
-            reason=first.get("reason"),
+            variant=name, steps=first.steps or "FP", status=first.status or "pending", reason=first.reason,
             mean_accuracy=statistics.fmean(present) if present and not missing else None,
             mean_delta=statistics.fmean(known_deltas) if known_deltas and not missing else None,
             task_values=values, task_deltas=deltas, missing_tasks=missing,
-            weight_bytes=first.get("weight_bytes"), peak_memory_bytes=first.get("peak_memory_bytes"),
-            disk_bytes=first.get("disk_bytes"), latency_ms_per_token=first.get("latency_ms_per_token"),
-            ttft_ms=first.get("ttft_ms"), tokens_per_s=first.get("tokens_per_s"), backend=first.get("backend"),
+            weight_bytes=first.weight_bytes, peak_memory_bytes=first.peak_memory_bytes, disk_bytes=first.disk_bytes,
+            latency_ms_per_token=first.latency_ms_per_token, ttft_ms=first.ttft_ms, tokens_per_s=first.tokens_per_s,
+            backend=first.backend,
         ))
     return out
 
@@ -117,7 +135,7 @@ def _fmt_cost(name: str, value: float) -> str:
     return f"{value:.2f} ms" + ("/token" if name == "latency" else "")
 
 
-def _why_not(s: VariantSummary, spec: Any) -> str | None:
+def _why_not(s: VariantSummary, spec: SelectSpec) -> str | None:
     if s.status != spec.require_status and not (s.variant == BASELINE and s.missing_tasks == []):
         return f"status {s.status}" + (f": {s.reason}" if s.reason else "")
     if s.missing_tasks:
@@ -151,7 +169,7 @@ def describe_policy(spec: Any) -> str:
     return f"{', '.join(words)}; then the lowest {MINIMIZE[spec.minimize][1]} ({pool})"
 
 
-def select_variant(summaries: Sequence[VariantSummary], spec: Any) -> Selection:
+def select_variant(summaries: Sequence[VariantSummary], spec: SelectSpec) -> Selection:
     """Apply the `select:` block: filter by the accuracy budget and caps, minimize the named cost,
     break ties by higher accuracy. Says why each variant was left out."""
     pool = [s for s in summaries if spec.include_baseline or s.variant != BASELINE]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from evaluate.pareto import VariantSummary, pareto_front
+from evaluate.records import BatchProfile
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -95,19 +96,19 @@ def delta_heatmap(summaries: Sequence[VariantSummary], tasks: Sequence[str]) -> 
     return to_png(fig)
 
 
-def batch_sweep(profiles: dict[str, list[dict]]) -> bytes | None:
+def batch_sweep(profiles: dict[str, list[BatchProfile]]) -> bytes | None:
     """Decode tokens/s and ms/token against batch size, one line per variant; None with a single batch size."""
-    usable = {v: sorted((r for r in rows if r.get("tokens_per_s") and r.get("latency_ms_per_token")),
-                        key=lambda r: r["batch_size"]) for v, rows in profiles.items()}
+    usable = {v: sorted((r for r in rows if r.tokens_per_s and r.latency_ms_per_token), key=lambda r: r.batch_size)
+              for v, rows in profiles.items()}
     usable = {v: rows for v, rows in usable.items() if rows}
-    if len({r["batch_size"] for rows in usable.values() for r in rows}) < 2:
+    if len({r.batch_size for rows in usable.values() for r in rows}) < 2:
         return None
     fig = new_figure((9.0, 3.8))
     ax1, ax2 = fig.subplots(1, 2)
     for v, rows in usable.items():
-        b = [r["batch_size"] for r in rows]
-        ax1.plot(b, [r["tokens_per_s"] for r in rows], marker="o", label=v)
-        ax2.plot(b, [r["latency_ms_per_token"] for r in rows], marker="o", label=v)
+        b = [r.batch_size for r in rows]
+        ax1.plot(b, [r.tokens_per_s for r in rows], marker="o", label=v)
+        ax2.plot(b, [r.latency_ms_per_token for r in rows], marker="o", label=v)
     for ax, label in ((ax1, "decode tokens/s (all sequences)"), (ax2, "ms per decoding step")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")

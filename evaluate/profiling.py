@@ -8,7 +8,6 @@ the rest; CUDA events on GPU, perf_counter on CPU."""
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import subprocess
@@ -18,6 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from evaluate.interrupts import die_with_parent, watch_parent
+from evaluate.memory import measure_footprint
+from evaluate.models import load_model
+from evaluate.records import Backend, BatchProfile, Host, Nvml, Profile
 
 THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_")  # OpenMP / MKL runtime tuning
 SET_BY_LIBRARIES = ("KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")  # bitsandbytes sets these on import: not tuning
@@ -93,7 +97,7 @@ class RssSampler:
         self._sample()
 
 
-def host_description() -> dict:
+def host_description() -> Host:
     """The machine behind every figure: CPU model and cores, torch threads, GPU name when used."""
     import os
     import platform
@@ -108,16 +112,14 @@ def host_description() -> dict:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 0
-    out = {"cpu": cpu, "cpu_cores": cores, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-           "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # >cores: timings contended
-           # OpenMP/MKL tuning changes CPU timings a lot (OMP_WAIT_POLICY=PASSIVE nearly doubles a small model's
-           # decode step): a reading names it
-           "thread_env": {k: v for k, v in sorted(os.environ.items())
-                          if k.startswith(THREAD_ENV_PREFIXES) and k not in SET_BY_LIBRARIES}}
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name()
-        out["cuda"] = torch.version.cuda
-    return out
+    return Host(cpu=cpu, cpu_cores=cores, torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                load_avg_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # >cores: contended
+                # OpenMP/MKL tuning changes CPU timings a lot (OMP_WAIT_POLICY=PASSIVE nearly doubles a small
+                # model's decode step): a reading names it
+                thread_env={k: v for k, v in sorted(os.environ.items())
+                            if k.startswith(THREAD_ENV_PREFIXES) and k not in SET_BY_LIBRARIES},
+                gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                cuda=torch.version.cuda if torch.cuda.is_available() else None)
 
 
 class _StepClock:
@@ -135,10 +137,10 @@ class _StepClock:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+    """The q-quantile, interpolated between the two nearest ranks (statistics' "inclusive" method)."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
 def _timed_generate(model: Any, inputs: dict, new_tokens: int, cuda: bool) -> tuple[float, list[float], Any]:
@@ -181,17 +183,10 @@ def kv_cache_tokens(out: Any) -> int:
     return int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
 
 
-def _cuda_peaks(prefix: str) -> dict:
-    return {f"{prefix}max_memory_allocated": torch.cuda.max_memory_allocated(),
-            f"{prefix}max_memory_reserved": torch.cuda.max_memory_reserved()}
-
-
 @torch.inference_mode()
-def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int = 0,
-                   labels: dict | None = None) -> list[dict]:
-    """One row per batch size. `labels` (device, dtype, backend, kernel) are copied into every row so
-    no figure travels without what produced it. Memory of the generation phase is measured on the
-    warm-up runs (RSS sampler; CUDA peaks reset just before), timings on the repeats that follow."""
+def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int = 0) -> list[BatchProfile]:
+    """One row per batch size. Memory of the generation phase is measured on the warm-up runs (RSS sampler;
+    CUDA peaks reset just before), timings on the repeats that follow."""
     cuda = next(model.parameters()).device.type == "cuda"
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -225,56 +220,45 @@ def profile_loaded(model: Any, vocab_size: int, config: ProfileConfig, seed: int
         if decode <= 0 and in_run:  # medians of different runs inverted by noise: use this run's own steps
             decode = statistics.median(in_run) * (config.new_tokens - 1)
         measured = decode > 0  # else unmeasurable: reported as None, never as a made-up huge tokens/s
-        row = {
-            "batch_size": batch,
-            "prompt_tokens": config.prompt_tokens,
-            "new_tokens": config.new_tokens,
-            "repeats": config.repeats,
-            "ttft_ms": 1000 * prefill,
-            "end_to_end_ms": 1000 * total,
-            "end_to_end_spread_ms": 1000 * (max(totals) - min(totals)),
-            "latency_ms_per_token": 1000 * decode / (config.new_tokens - 1) if measured else None,
-            "per_token_p50_ms": 1000 * _percentile(step_times, 0.5) if step_times else None,
-            "per_token_p90_ms": 1000 * _percentile(step_times, 0.9) if step_times else None,
-            "decode_ms_per_token_in_run": 1000 * statistics.median(in_run) if in_run else None,
-            "tokens_per_s": batch * (config.new_tokens - 1) / decode if measured else None,
-            "kv_cache_bytes": kv,
-            "kv_cache_tokens": kv_tokens,
-            "generation_peak_rss_bytes": sampler.peak,
-            "generation_rss_delta_bytes": sampler.peak - rss_start,
-            "rss_samples": sampler.samples,
-            "timer": "cuda events" if cuda else "perf_counter",
-            "paused_during_timing": _RESUMED[0] > resumed,  # True: the process was stopped; timings invalid
-            **(labels or {}),
-        }
-        if cuda:
-            row.update(_cuda_peaks("cuda_"))  # generation phase only: peaks were reset after loading
-            row["nvml"] = _nvml_memory()
+        row = BatchProfile(
+            batch_size=batch, prompt_tokens=config.prompt_tokens, new_tokens=config.new_tokens, repeats=config.repeats,
+            ttft_ms=1000 * prefill, end_to_end_ms=1000 * total, end_to_end_spread_ms=1000 * (max(totals) - min(totals)),
+            latency_ms_per_token=1000 * decode / (config.new_tokens - 1) if measured else None,
+            per_token_p50_ms=1000 * _percentile(step_times, 0.5) if step_times else None,
+            per_token_p90_ms=1000 * _percentile(step_times, 0.9) if step_times else None,
+            decode_ms_per_token_in_run=1000 * statistics.median(in_run) if in_run else None,
+            tokens_per_s=batch * (config.new_tokens - 1) / decode if measured else None,
+            kv_cache_bytes=kv, kv_cache_tokens=kv_tokens, generation_peak_rss_bytes=sampler.peak,
+            generation_rss_delta_bytes=sampler.peak - rss_start, rss_samples=sampler.samples,
+            timer="cuda events" if cuda else "perf_counter",
+            paused_during_timing=_RESUMED[0] > resumed,  # True: the process was stopped; timings invalid
+        )
+        if cuda:  # generation phase only: peaks were reset after loading
+            row.cuda_max_memory_allocated = torch.cuda.max_memory_allocated()
+            row.cuda_max_memory_reserved = torch.cuda.max_memory_reserved()
+            row.nvml = _nvml_memory()
         rows.append(row)
     return rows
 
 
-def _device_label(device: str, host: dict) -> str:
-    if device.startswith("cuda") and "gpu" in host:
-        return f"CUDA {host['gpu']}"
-    return f"CPU ({host['cpu']}, {host['cpu_cores']} cores, {host['torch_threads']} torch threads{thread_tuning(host)})"
+def _device_label(device: str, host: Host) -> str:
+    if device.startswith("cuda") and host.gpu:
+        return f"CUDA {host.gpu}"
+    return f"CPU ({host.cpu}, {host.cpu_cores} cores, {host.torch_threads} torch threads{thread_tuning(host)})"
 
 
-def thread_tuning(host: dict) -> str:
+def thread_tuning(host: Host) -> str:
     """", OMP_WAIT_POLICY=PASSIVE"-style suffix naming the thread-runtime tuning a reading ran under ("" if none)."""
-    return "".join(f", {k}={v}" for k, v in host.get("thread_env", {}).items())
+    return "".join(f", {k}={v}" for k, v in host.thread_env.items())
 
 
 def profile_model_dir(location: str, dtype: str, device: str, config: ProfileConfig,
-                      trust_remote_code: bool = False) -> dict:
+                      trust_remote_code: bool = False) -> Profile:
     """Load and profile in this process; call through `profile_in_subprocess` for clean peaks.
 
     Load and generation are measured apart: on CPU, RSS before/after loading and ru_maxrss right
     after loading (the load peak), then a polled RSS peak per batch size during generation; on
     CUDA, allocator peaks reset before loading and again before each batch size's generation."""
-    from compress.models import load_model
-    from evaluate.memory import measure_footprint
-
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.init()
@@ -287,37 +271,31 @@ def profile_model_dir(location: str, dtype: str, device: str, config: ProfileCon
     load_s = time.perf_counter() - t0
     rss_loaded = _rss_bytes()
     peak_after_load = _peak_rss_bytes()
-    load_cuda = {**_cuda_peaks("cuda_load_"), "cuda_memory_allocated_after_load": torch.cuda.memory_allocated()} \
-        if cuda else {}
+    profile = Profile(backend=Backend(), dtype=dtype, load_s=load_s, rss_before_load_bytes=rss_before,
+                      load_rss_delta_bytes=rss_loaded - rss_before, load_peak_rss_bytes=peak_after_load)
+    if cuda:
+        profile.cuda_load_max_memory_allocated = torch.cuda.max_memory_allocated()
+        profile.cuda_load_max_memory_reserved = torch.cuda.max_memory_reserved()
+        profile.cuda_memory_allocated_after_load = torch.cuda.memory_allocated()
+        profile.nvml_after_load = _nvml_memory()
     footprint = measure_footprint(model)
     host = host_description()
-    attn = getattr(model.config, "_attn_implementation", None) or "default"
-    labels = {"device": _device_label(device, host), "dtype": dtype, "backend": footprint.backend,
-              "kernel": f"{footprint.backend.rsplit('; ', 1)[0]}; attention {attn}"}
-    rows = profile_loaded(model, model.config.vocab_size, config, labels=labels)
-    return {
-        "load_s": load_s,
-        "rss_before_load_bytes": rss_before,
-        "load_rss_delta_bytes": rss_loaded - rss_before,
-        "peak_rss_after_load_bytes": peak_after_load,  # ru_maxrss once loaded: the load peak
-        "load_peak_rss_bytes": peak_after_load,
-        "generation_peak_rss_bytes": max((r["generation_peak_rss_bytes"] for r in rows), default=None),
-        # whole process, load and generation; the kernel's high-water mark can lag the polled RSS by a
-        # few pages (per-thread counters are synced lazily), so the larger of the two is the peak
-        "peak_rss_bytes": max(_peak_rss_bytes(), *(r["generation_peak_rss_bytes"] for r in rows)),
-        **load_cuda,
-        "nvml_after_load": _nvml_memory() if cuda else None,
-        "footprint": footprint.as_dict(),
-        "batches": rows,
-        **labels,
-        "host": host,
-        "load_avg_1m_after": host_description()["load_avg_1m"],  # other work on the machine during the run
-        "paused_during_run": _RESUMED[0] > 0,  # stopped and resumed at some point (load time invalid if so)
-        "torch": torch.__version__,
-    }
+    profile.backend = footprint.backend.model_copy(update={"device": _device_label(device, host), "dtype": dtype})
+    profile.batches = profile_loaded(model, model.config.vocab_size, config)
+    generation_peaks = [r.generation_peak_rss_bytes for r in profile.batches if r.generation_peak_rss_bytes]
+    profile.generation_peak_rss_bytes = max(generation_peaks, default=None)
+    # whole process, load and generation; the kernel's high-water mark can lag the polled RSS by a
+    # few pages (per-thread counters are synced lazily), so the larger of the two is the peak
+    profile.peak_rss_bytes = max(_peak_rss_bytes(), *generation_peaks)
+    profile.footprint = footprint
+    profile.host = host
+    profile.load_avg_1m_after = host_description().load_avg_1m  # other work on the machine during the run
+    profile.paused_during_run = _RESUMED[0] > 0  # stopped and resumed at some point (load time invalid if so)
+    profile.torch = torch.__version__
+    return profile
 
 
-def _nvml_memory() -> dict | None:
+def _nvml_memory() -> Nvml:
     """NVML's view: this process's GPU memory (context and allocator slack included) and the device's
     used total. In containers NVML often lists host PIDs, so the process figure can be missing."""
     try:
@@ -336,23 +314,25 @@ def _nvml_memory() -> dict | None:
             handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
         process = next((int(p.usedGpuMemory) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
                         if p.pid == os.getpid() and p.usedGpuMemory is not None), None)
-        return {"process_bytes": process, "device_used_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)}
+        return Nvml(process_bytes=process, device_used_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).used))
     except Exception as exc:  # NVML absent or not permitted: say so rather than guess
-        return {"process_bytes": None, "device_used_bytes": None, "error": f"{type(exc).__name__}: {exc}"[:200]}
+        return Nvml(error=f"{type(exc).__name__}: {exc}"[:200])
 
 
 def profile_in_subprocess(location: str, dtype: str, device: str, config: ProfileConfig,
-                          trust_remote_code: bool = False, timeout_s: float = 1800) -> dict:
+                          trust_remote_code: bool = False, timeout_s: float = 1800) -> Profile:
     cmd = [sys.executable, "-m", "evaluate.profiling", location, "--dtype", dtype, "--device", device,
            "--prompt-tokens", str(config.prompt_tokens), "--new-tokens", str(config.new_tokens),
            "--warmup", str(config.warmup), "--repeats", str(config.repeats),
            "--batch-sizes", ",".join(map(str, config.batch_sizes))]
     if trust_remote_code:
         cmd.append("--trust-remote-code")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    # the profiler dies with the study, whatever kills it: an orphan would load the CPU (or GPU) that the next
+    # run's profile measures
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, preexec_fn=die_with_parent)
     if proc.returncode != 0:
         raise RuntimeError(f"profiling {location} failed: {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return Profile.model_validate_json(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -368,11 +348,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
     a = p.parse_args(argv)
     torch.manual_seed(0)
+    watch_parent()
     watch_for_pauses()
     config = ProfileConfig(a.prompt_tokens, a.new_tokens, a.warmup, a.repeats,
                            tuple(int(b) for b in a.batch_sizes.split(",")))
     result = profile_model_dir(a.model, a.dtype, a.device, config, a.trust_remote_code)
-    print(json.dumps(result))
+    print(result.model_dump_json())
 
 
 if __name__ == "__main__":

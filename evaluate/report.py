@@ -12,105 +12,69 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from compress.ledger import Ledger
+from evaluate.ledger import Ledger
 from evaluate.pareto import (
     FRONT_OBJECTIVES,
     Selection,
+    SelectSpec,
     VariantSummary,
     pareto_front,
     select_variant,
     summarize_variants,
 )
+from evaluate.plots import accuracy_vs_cost, batch_sweep, data_uri, delta_heatmap
+from evaluate.records import CellMetrics, ResultRow, VariantRecord
+from evaluate.sni import write_sni_outputs
 
 BASELINE = "baseline"
 log = logging.getLogger("slimlab")
 
-# cell metrics with their own place in the report; any other number is listed under "Other metrics"
-CORE_METRICS = {"accuracy", "instruction_following", "n", "accuracy_std", "eval_s", "truncated", "rules",
-                "repeat_loops", "perplexity", "nll_mean", "n_tokens", "seq_len", "kl_mean", "kl_p50", "kl_p90",
-                "kl_p99", "kl_max", "top1_agreement"}
-LOWER_IS_BETTER = {"perplexity"}  # metrics whose delta is not a gain; they stay out of mean accuracy
+
+def _breakdowns(c: CellMetrics) -> dict[str, dict[str, float]]:
+    """Per-group accuracies and counts as results.json shows them: by_<key> and by_<key>_n."""
+    out: dict[str, dict[str, float]] = {}
+    for key, values in c.breakdowns.items():
+        out[f"by_{key}"] = values
+        if key in c.breakdown_counts:
+            out[f"by_{key}_n"] = c.breakdown_counts[key]
+    return out
 
 
-def cell_value(c: dict) -> float | None:
-    """A cell's headline number: its metric's own value (perplexity), else accuracy (percent)."""
-    return c.get(c.get("metric", "accuracy"), c.get("accuracy"))
+def result_row(v: VariantRecord, cell: str, c: CellMetrics | None, b: CellMetrics | None) -> ResultRow:
+    """One variant on one task cell with the variant's costs: a row of results.json."""
+    fp, prof = v.footprint, v.profile
+    b1 = prof.batch(1) if prof is not None else None
+    value = c.value() if c else None
+    base_value = b.value() if b else None
+    backend = fp.backend.describe() if fp else (prof.backend.describe() if prof else None)
+    return ResultRow(
+        variant=v.variant, task=cell, metric=(c or b).metric if (c or b) else "accuracy", value=value,
+        n=int(c.n) if c else None,
+        delta_vs_baseline=(value - base_value) if (value is not None and base_value is not None) else None,
+        higher_is_better=(c or b).higher_is_better if (c or b) else True,
+        truncated=c.truncated if c else None, rules=c.rules if c and c.rules else None,
+        instruction_following=c.instruction_following if c else None,
+        accuracy_std=c.accuracy_std if c else None,
+        weight_bytes=fp.weight_bytes if fp else None, bits_per_param=fp.bits_per_param if fp else None,
+        n_params=fp.n_params if fp else None, disk_bytes=v.disk_bytes,
+        peak_memory_bytes=prof.peak_memory() if prof else None,
+        load_rss_delta_bytes=prof.load_rss_delta_bytes if prof else None,
+        latency_ms_per_token=b1.latency_ms_per_token if b1 else None, ttft_ms=b1.ttft_ms if b1 else None,
+        tokens_per_s=b1.tokens_per_s if b1 else None, backend=backend,
+        device=prof.device if prof else None, dtype=prof.dtype if prof else None,
+        steps=v.steps_text, status=v.status or "pending", reason=v.reason,
+        extra_metrics=c.other_metrics() if c else {}, breakdowns=_breakdowns(c) if c else {},
+    )
 
 
-def _batch1(profile: dict | None) -> dict:
-    if not profile:
-        return {}
-    rows = profile.get("batches", [])
-    return next((r for r in rows if r["batch_size"] == 1), rows[0] if rows else {})
-
-
-def peak_memory(profile: dict | None) -> int | None:
-    """Peak bytes of the device the model ran on: CUDA allocator peak on GPU, process RSS on CPU."""
-    if not profile:
-        return None
-    b1 = _batch1(profile)
-    if "cuda_max_memory_allocated" in b1:
-        return b1["cuda_max_memory_allocated"]
-    return profile.get("peak_rss_bytes")
-
-
-def _extras(c: dict | None) -> tuple[dict[str, float], dict[str, dict]]:
-    """Numbers beyond the core metrics (accuracy_loglik, judge_*...) and dict breakdowns (by_perturbation)."""
-    if not c:
-        return {}, {}
-    skip = CORE_METRICS | {"variant", "cell", "task", "metric"}
-    numbers = {k: v for k, v in c.items() if k not in skip and isinstance(v, int | float) and not isinstance(v, bool)}
-    breakdowns = {k: v for k, v in c.items() if k not in skip and isinstance(v, dict) and v
-                  and all(isinstance(x, int | float) for x in v.values())}
-    return numbers, breakdowns
-
-
-def result_rows(ledger: Ledger) -> list[dict[str, Any]]:
-    variants = ledger.variants()
+def result_rows(ledger: Ledger) -> list[ResultRow]:
     cells = ledger.cells()
-    base = {c["cell"]: c for c in cells if c["variant"] == BASELINE}
-    task_cells = list(dict.fromkeys(c["cell"] for c in cells if c["variant"] == BASELINE))
+    base = {c.cell: c.metrics for c in cells if c.variant == BASELINE}
+    task_cells = list(dict.fromkeys(c.cell for c in cells if c.variant == BASELINE))
     rows = []
-    for v in variants:
-        fp = v.get("footprint") or {}
-        prof = v.get("profile")
-        b1 = _batch1(prof)
-        mine = {c["cell"]: c for c in cells if c["variant"] == v["variant"]}
-        for cell in task_cells or list(mine):
-            c = mine.get(cell)
-            value = cell_value(c) if c else None
-            b = base.get(cell)
-            extra, breakdowns = _extras(c)
-            rows.append({
-                "variant": v["variant"],
-                "task": cell,
-                "metric": (c or b or {}).get("metric", "accuracy"),
-                "value": value,
-                "n": int(c["n"]) if c else None,
-                "delta_vs_baseline": (value - cell_value(b)) if (c and b and value is not None) else None,
-                "higher_is_better": (c or b or {}).get("metric") not in LOWER_IS_BETTER,
-                "truncated": c.get("truncated") if c else None,
-                "rules": c.get("rules") if c else None,
-                "instruction_following": c.get("instruction_following") if c else None,
-                "accuracy_std": c.get("accuracy_std") if c else None,
-                "weight_bytes": fp.get("weight_bytes"),
-                "bits_per_param": fp.get("bits_per_param"),
-                "n_params": fp.get("n_params"),
-                "disk_bytes": v.get("disk_bytes"),
-                "peak_memory_bytes": peak_memory(prof),
-                "load_rss_delta_bytes": prof.get("load_rss_delta_bytes") if prof else None,
-                "latency_ms_per_token": b1.get("latency_ms_per_token"),
-                "ttft_ms": b1.get("ttft_ms"),
-                "tokens_per_s": b1.get("tokens_per_s"),
-                "backend": fp.get("backend"),
-                "device": (prof or {}).get("device"),
-                "dtype": (prof or {}).get("dtype"),
-                "steps": " -> ".join(s["method"] for s in (v.get("steps") or [])) or "FP",
-                "status": v.get("status") or "pending",
-                "reason": v.get("reason"),
-                "extra_metrics": extra,
-                "breakdowns": breakdowns,
-            })
+    for v in ledger.variants():
+        mine = {c.cell: c.metrics for c in cells if c.variant == v.variant}
+        rows += [result_row(v, cell, mine.get(cell), base.get(cell)) for cell in task_cells or list(mine)]
     return rows
 
 
@@ -142,18 +106,13 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 def study_recipe(ledger: Ledger, recipe: Any = None) -> dict:
     """The recipe as a dict: the one given, else the last run's copy in the ledger (for `compress report`)."""
     if recipe is not None:
-        return recipe.model_dump() if hasattr(recipe, "model_dump") else dict(recipe)
+        return recipe.model_dump(mode="json") if hasattr(recipe, "model_dump") else dict(recipe)
     last = ledger.last_run()
-    try:
-        return json.loads(last["recipe"]) if last and last.get("recipe") else {}
-    except (TypeError, json.JSONDecodeError):
-        return {}
+    return dict(last.recipe) if last else {}
 
 
-def select_policy(recipe: dict) -> tuple[Any, bool]:
+def select_policy(recipe: dict) -> tuple[SelectSpec, bool]:
     """(SelectSpec, whether the recipe set it)."""
-    from compress.recipe import SelectSpec
-
     block = recipe.get("select")
     return (SelectSpec.model_validate(block), True) if block else (SelectSpec(), False)
 
@@ -178,24 +137,24 @@ def _recommendation(selection: Selection, explicit: bool) -> list[str]:
     return out
 
 
-def _accuracy(rows: list[dict], variants: list[str], tasks: list[str], by: dict, first: dict) -> list[str]:
+def _accuracy(rows: list[ResultRow], variants: list[str], tasks: list[str], by: dict, first: dict) -> list[str]:
     body = []
     for v in variants:
         cells, deltas = [], []
         for t in tasks:
             r = by.get((v, t))
-            if r is None or r["value"] is None:
+            if r is None or r.value is None:
                 cells.append("—")
                 continue
-            d = r["delta_vs_baseline"]
-            std = f" ± {r['accuracy_std']:.1f}" if r.get("accuracy_std") is not None else ""
-            digits = ".1f" if r.get("higher_is_better", True) else ".3f"
-            cells.append(f"{r['value']:{digits}}{std}" + ("" if v == BASELINE or d is None else f" ({d:+{digits}})"))
-            if d is not None and r.get("higher_is_better", True):
+            d = r.delta_vs_baseline
+            std = f" ± {r.accuracy_std:.1f}" if r.accuracy_std is not None else ""
+            digits = ".1f" if r.higher_is_better else ".3f"
+            cells.append(f"{r.value:{digits}}{std}" + ("" if v == BASELINE or d is None else f" ({d:+{digits}})"))
+            if d is not None and r.higher_is_better:
                 deltas.append(d)
         mean_delta = "" if v == BASELINE else (f"{sum(deltas) / len(deltas):+.1f}" if deltas else "—")
-        body.append([v, _cell(first[v]["steps"]), *cells, mean_delta])
-    metric_names = {t: next((r["metric"] for r in rows if r["task"] == t), "accuracy") for t in tasks}
+        body.append([v, _cell(first[v].steps), *cells, mean_delta])
+    metric_names = {t: next((r.metric for r in rows if r.task == t), "accuracy") for t in tasks}
     header = ["variant", "steps"] + [t if metric_names[t] == "accuracy" else f"{t} ({metric_names[t]})"
                                      for t in tasks] + ["mean Δ"]
     out = ["## Accuracy", "", "Per task: score (Δ vs baseline, points); ± is the spread over sampled repeats. "
@@ -203,48 +162,45 @@ def _accuracy(rows: list[dict], variants: list[str], tasks: list[str], by: dict,
     return out + _table(header, body)
 
 
-def _fidelity(variants: list[str], tasks: list[str], cells: dict) -> list[str]:
+def _fidelity(variants: list[str], tasks: list[str], cells: dict[tuple[str, str], CellMetrics]) -> list[str]:
     """Perplexity cells: perplexity and its change, and the variant's agreement with the FP model's
     next-token distribution on the same windows (KL per token, top-1 agreement), as llama.cpp reports."""
     out: list[str] = []
     for t in tasks:
-        got = {v: cells.get((v, t)) for v in variants}
-        if not any(c and "perplexity" in c for c in got.values()):
+        got = {v: c for v in variants if (c := cells.get((v, t))) is not None and c.perplexity is not None}
+        if not got:
             continue
-        base = got.get(BASELINE) or {}
-        sample = next(c for c in got.values() if c and "perplexity" in c)
+        base = got.get(BASELINE)
+        sample = next(iter(got.values()))
         out += [f"## Fidelity to the FP model: {t}", "",
-                f"{int(sample['n'])} windows of {int(sample.get('seq_len', 0))} tokens "
-                f"({int(sample['n_tokens']):,} predicted tokens; tokenizer {sample.get('tokenizer', '?')}). "
+                f"{int(sample.n)} windows of {int(sample.seq_len or 0)} tokens "
+                f"({int(sample.n_tokens or 0):,} predicted tokens; tokenizer {sample.tokenizer or '?'}). "
                 "KL = KL(FP || variant) of the next-token distribution per token; top-1 = share of positions "
                 "where both models' most likely next token is the same.", ""]
         body = []
         for v, c in got.items():
-            if not c or "perplexity" not in c:
-                continue
-            ratio = c["perplexity"] / base["perplexity"] if base.get("perplexity") else None
-            body.append([v, f"{c['perplexity']:.3f}", "" if v == BASELINE else _fmt(ratio, ".4f"),
-                         "0" if v == BASELINE else _fmt(c.get("kl_mean"), ".5f"),
-                         _fmt(c.get("kl_p50"), ".5f"), _fmt(c.get("kl_p90"), ".5f"), _fmt(c.get("kl_p99"), ".4f"),
-                         _fmt(c.get("kl_max"), ".3f"),
-                         "100" if v == BASELINE else _fmt(c.get("top1_agreement"), ".2f")])
+            ratio = c.perplexity / base.perplexity if base is not None else None
+            body.append([v, f"{c.perplexity:.3f}", "" if v == BASELINE else _fmt(ratio, ".4f"),
+                         "0" if v == BASELINE else _fmt(c.kl_mean, ".5f"),
+                         _fmt(c.kl_p50, ".5f"), _fmt(c.kl_p90, ".5f"), _fmt(c.kl_p99, ".4f"), _fmt(c.kl_max, ".3f"),
+                         "100" if v == BASELINE else _fmt(c.top1_agreement, ".2f")])
         out += _table(["variant", "perplexity", "× FP", "mean KL", "KL p50", "KL p90", "KL p99", "KL max",
                        "top-1 agreement (%)"], body)
     return out
 
 
-def _extraction(variants: list[str], tasks: list[str], cells: dict) -> list[str]:
+def _extraction(variants: list[str], tasks: list[str], cells: dict[tuple[str, str], CellMetrics]) -> list[str]:
     """How each answer was read (the parser's rule per output) and how many outputs ran out of tokens."""
     body = []
     for t in tasks:
         for v in variants:
             c = cells.get((v, t))
-            if not c or not c.get("rules"):
+            if c is None or not c.rules:
                 continue
-            n = sum(c["rules"].values())
-            rules = ", ".join(f"{rule} {count}" for rule, count in c["rules"].items())
-            body.append([t, v, str(n), f"{int(c.get('truncated', 0))}", f"{int(c.get('repeat_loops', 0))}",
-                         f"{100 * c['rules'].get('none', 0) / n:.1f}", _cell(rules)])
+            n = sum(c.rules.values())
+            rules = ", ".join(f"{rule} {count}" for rule, count in c.rules.items())
+            body.append([t, v, str(n), f"{int(c.truncated or 0)}", f"{int(c.repeat_loops or 0)}",
+                         f"{100 * c.rules.get('none', 0) / n:.1f}", _cell(rules)])
     if not body:
         return []
     return ["## Answer extraction", "",
@@ -258,14 +214,14 @@ def _extraction(variants: list[str], tasks: list[str], cells: dict) -> list[str]
 
 def _model_note(ledger: Ledger) -> list[str]:
     """Where the baseline's weights came from, when that matters for reading the results (a GGUF file)."""
-    base = ledger.variant(BASELINE) or {}
-    source = (base.get("build") or {}).get("source")
-    if not source:
+    base = ledger.variant(BASELINE)
+    source = base.build.source if base is not None and base.build is not None else None
+    if source is None:
         return []
-    types = ", ".join(f"{n} {t}" for t, n in source.get("tensor_types", {}).items())
-    quantized = [t for t in source.get("tensor_types", {}) if t not in ("F32", "F16", "BF16")]
-    out = [f"**Baseline weights.** The FP baseline is `{Path(source['gguf_file']).name}` dequantized to "
-           f"{source.get('dtype', 'float32')} (tensors: {types}; sha256 {source.get('sha256', '?')[:12]}…)."]
+    types = ", ".join(f"{n} {t}" for t, n in source.tensor_types.items())
+    quantized = [t for t in source.tensor_types if t not in ("F32", "F16", "BF16")]
+    out = [f"**Baseline weights.** The FP baseline is `{Path(source.gguf_file).name}` dequantized to "
+           f"{source.dtype} (tensors: {types}; sha256 {source.sha256[:12]}…)."]
     if quantized:
         out.append(f"Its weights already lie on the {'/'.join(quantized)} grid, so re-quantizing them to 4 bits "
                    "loses less than it would from a bf16 checkpoint: 4-bit variants may look kinder here than on "
@@ -275,37 +231,44 @@ def _model_note(ledger: Ledger) -> list[str]:
 
 def _instruction_following(variants: list[str], tasks: list[str], by: dict) -> list[str]:
     out = ["## Instruction following (% of outputs in the requested answer format)", ""]
-    body = [[v] + [_fmt((by.get((v, t)) or {}).get("instruction_following")) for t in tasks] for v in variants]
+    body = [[v] + [_fmt(r.instruction_following if (r := by.get((v, t))) else None) for t in tasks]
+            for v in variants]
     return out + _table(["variant", *tasks], body)
 
 
-def _other_metrics(rows: list[dict], variants: list[str], tasks: list[str], by: dict) -> list[str]:
+def _other_metrics(rows: list[ResultRow], variants: list[str], tasks: list[str], by: dict) -> list[str]:
     """Every extra number a task or the judge recorded (accuracy_loglik, judge_agreement, ...), and the
     per-group breakdowns (by_perturbation, ...), each with its Δ vs the baseline when both exist."""
     out: list[str] = []
-    names = list(dict.fromkeys(k for r in rows for k in (r.get("extra_metrics") or {})))
+    names = list(dict.fromkeys(k for r in rows for k in r.extra_metrics))
+
+    def extra(v: str, t: str) -> dict[str, float]:
+        return r.extra_metrics if (r := by.get((v, t))) else {}
+
+    def breakdowns(v: str, t: str) -> dict[str, dict[str, float]]:
+        return r.breakdowns if (r := by.get((v, t))) else {}
+
     if names:
         out += ["## Other metrics", ""]
         body = []
         for t in tasks:
             for name in names:
-                vals = [(by.get((v, t)) or {}).get("extra_metrics", {}).get(name) for v in variants]
+                vals = [extra(v, t).get(name) for v in variants]
                 if all(x is None for x in vals):
                     continue
-                base = (by.get((BASELINE, t)) or {}).get("extra_metrics", {}).get(name)
+                base = extra(BASELINE, t).get(name)
                 shown = [_fmt(x, ".3g") if x is None or base is None or v == BASELINE
                          else f"{x:.3g} ({x - base:+.3g})" for v, x in zip(variants, vals, strict=True)]
                 body.append([t, name, *shown])
         out += _table(["task", "metric", *variants], body)
     for t in tasks:
-        kinds = list(dict.fromkeys(k for v in variants for k in ((by.get((v, t)) or {}).get("breakdowns") or {})))
+        kinds = list(dict.fromkeys(k for v in variants for k in breakdowns(v, t)))
         for kind in kinds:
-            groups = list(dict.fromkeys(g for v in variants
-                                        for g in ((by.get((v, t)) or {}).get("breakdowns") or {}).get(kind, {})))
-            base = ((by.get((BASELINE, t)) or {}).get("breakdowns") or {}).get(kind, {})
+            groups = list(dict.fromkeys(g for v in variants for g in breakdowns(v, t).get(kind, {})))
+            base = breakdowns(BASELINE, t).get(kind, {})
             body = []
             for v in variants:
-                got = ((by.get((v, t)) or {}).get("breakdowns") or {}).get(kind)
+                got = breakdowns(v, t).get(kind)
                 if not got:
                     continue
                 body.append([v] + [_fmt(got.get(g)) + ("" if v == BASELINE or g not in base or g not in got
@@ -316,8 +279,6 @@ def _other_metrics(rows: list[dict], variants: list[str], tasks: list[str], by: 
 
 
 def _pareto(summaries: list[VariantSummary], chosen: str | None, figures: dict[str, bytes]) -> list[str]:
-    from evaluate.plots import accuracy_vs_cost
-
     front = set(pareto_front(summaries, FRONT_OBJECTIVES))
     out = ["## Accuracy against cost", "",
            "Mean accuracy over tasks against weights in memory and against decode latency at batch 1. "
@@ -338,8 +299,6 @@ def _pareto(summaries: list[VariantSummary], chosen: str | None, figures: dict[s
 
 
 def _heatmap(summaries: list[VariantSummary], tasks: list[str], figures: dict[str, bytes]) -> list[str]:
-    from evaluate.plots import delta_heatmap
-
     png = delta_heatmap(summaries, tasks)
     if png is None:
         return []
@@ -349,9 +308,9 @@ def _heatmap(summaries: list[VariantSummary], tasks: list[str], figures: dict[st
 
 def _efficiency(variants: list[str], first: dict) -> list[str]:
     out = ["## Efficiency (measured)", ""]
-    body = [[v, _mib(r["weight_bytes"]), _fmt(r["bits_per_param"], ".2f"), _fmt(r["n_params"], ","),
-             _mib(r["disk_bytes"]), _mib(r["peak_memory_bytes"]), _fmt(r["latency_ms_per_token"], ".2f"),
-             _fmt(r["tokens_per_s"], ".1f"), _fmt(r["ttft_ms"], ".1f"), _cell(r["backend"])]
+    body = [[v, _mib(r.weight_bytes), _fmt(r.bits_per_param, ".2f"), _fmt(r.n_params, ","),
+             _mib(r.disk_bytes), _mib(r.peak_memory_bytes), _fmt(r.latency_ms_per_token, ".2f"),
+             _fmt(r.tokens_per_s, ".1f"), _fmt(r.ttft_ms, ".1f"), _cell(r.backend)]
             for v in variants for r in [first[v]]]
     return out + _table(["variant", "weights in memory (MiB)", "bits/param", "params", "disk (MiB)",
                          "peak RSS/GPU (MiB)", "ms/token", "tokens/s", "TTFT (ms)", "backend"], body)
@@ -359,9 +318,7 @@ def _efficiency(variants: list[str], first: dict) -> list[str]:
 
 def _profiles(ledger: Ledger, figures: dict[str, bytes]) -> list[str]:
     """Load vs generation memory, and latency per batch size, each row naming device, dtype and kernel."""
-    from evaluate.plots import batch_sweep
-
-    profs = {v["variant"]: v["profile"] for v in ledger.variants() if v.get("profile")}
+    profs = {v.variant: v.profile for v in ledger.variants() if v.profile is not None}
     if not profs:
         return []
     out = ["## Load and generation, per batch size", "",
@@ -371,25 +328,26 @@ def _profiles(ledger: Ledger, figures: dict[str, bytes]) -> list[str]:
            "generation (prompt + new tokens - 1).", ""]
     body = []
     for v, p in profs.items():
-        nvml = (p.get("nvml_after_load") or {}).get("process_bytes")
-        body.append([v, _fmt(p.get("load_s"), ".2f"), _mib(p.get("load_rss_delta_bytes")),
-                     _mib(p.get("load_peak_rss_bytes", p.get("peak_rss_after_load_bytes"))),
-                     _mib(p.get("generation_peak_rss_bytes")), _mib(p.get("cuda_load_max_memory_allocated")),
-                     _mib(nvml), _cell(p.get("device")), _cell(p.get("dtype"))])
+        nvml = p.nvml_after_load.process_bytes if p.nvml_after_load else None
+        body.append([v, _fmt(p.load_s, ".2f"), _mib(p.load_rss_delta_bytes), _mib(p.load_peak_rss_bytes),
+                     _mib(p.generation_peak_rss_bytes), _mib(p.cuda_load_max_memory_allocated),
+                     _mib(nvml), _cell(p.device), _cell(p.dtype)])
     out += _table(["variant", "load (s)", "load RSS Δ (MiB)", "load peak RSS (MiB)", "generation peak RSS (MiB)",
                    "CUDA load peak (MiB)", "NVML process (MiB)", "device", "dtype"], body)
     body = []
     for v, p in profs.items():
-        for r in p.get("batches", []):
-            gen_peak = r.get("cuda_max_memory_allocated", r.get("generation_peak_rss_bytes"))
-            body.append([v, str(r["batch_size"]), _fmt(r.get("ttft_ms"), ".1f"), _fmt(r.get("end_to_end_ms"), ".1f"),
-                         _fmt(r.get("latency_ms_per_token"), ".2f"), _fmt(r.get("per_token_p50_ms"), ".2f"),
-                         _fmt(r.get("per_token_p90_ms"), ".2f"), _fmt(r.get("tokens_per_s"), ".1f"),
-                         f"{_mib(r.get('kv_cache_bytes'))} ({r.get('kv_cache_tokens', '—')} tok)", _mib(gen_peak),
-                         _cell(r.get("kernel") or p.get("backend")), _cell(r.get("timer"))])
+        for r in p.batches:
+            gen_peak = r.cuda_max_memory_allocated if r.cuda_max_memory_allocated is not None \
+                else r.generation_peak_rss_bytes
+            tokens = r.kv_cache_tokens if r.kv_cache_tokens is not None else "—"
+            body.append([v, str(r.batch_size), _fmt(r.ttft_ms, ".1f"), _fmt(r.end_to_end_ms, ".1f"),
+                         _fmt(r.latency_ms_per_token, ".2f"), _fmt(r.per_token_p50_ms, ".2f"),
+                         _fmt(r.per_token_p90_ms, ".2f"), _fmt(r.tokens_per_s, ".1f"),
+                         f"{_mib(r.kv_cache_bytes)} ({tokens} tok)", _mib(gen_peak),
+                         _cell(p.backend.kernel if p.kind == "local" else p.backend.describe()), _cell(r.timer)])
     out += _table(["variant", "batch", "TTFT (ms)", "end-to-end (ms)", "ms/token", "p50 (ms)", "p90 (ms)", "tokens/s",
                    "KV cache (MiB)", "generation peak (MiB)", "kernel", "timer"], body)
-    png = batch_sweep({v: p.get("batches", []) for v, p in profs.items()})
+    png = batch_sweep({v: p.batches for v, p in profs.items()})
     if png is not None:
         figures["batch_sweep"] = png
         out += ["![batch-size sweep](plots/batch_sweep.png)", ""]
@@ -403,9 +361,8 @@ def _stages(ledger: Ledger) -> list[str]:
     out = ["## Accuracy after each step of a chain", "", "| variant | after step | task | accuracy |",
            "|---|---|---|---|"]
     for s in stages:
-        value = cell_value(s["metrics"])
-        out.append(f"| {s['variant']} | {s['stage'] + 1}: {s['method']} | {s['cell']} | "
-                   f"{_fmt(value, '.1f' if 'perplexity' not in s['metrics'] else '.3f')} |")
+        out.append(f"| {s.variant} | {s.stage + 1}: {s.method} | {s.cell} | "
+                   f"{_fmt(s.metrics.value(), '.1f' if s.metrics.higher_is_better else '.3f')} |")
     out.append("")
     return out
 
@@ -416,10 +373,6 @@ def _sni_section(ledger: Ledger, out_dir: Path | None) -> list[str]:
     if out_dir is None:
         return []
     try:
-        from evaluate.sni import write_sni_outputs
-    except ImportError:
-        return []
-    try:
         text = write_sni_outputs(out_dir, ledger)
     except Exception as exc:  # the rest of the report must not depend on one section
         log.warning("SNI section not rendered: %s", exc)
@@ -427,14 +380,14 @@ def _sni_section(ledger: Ledger, out_dir: Path | None) -> list[str]:
     return [text, ""] if text else []
 
 
-def render_markdown(rows: list[dict], ledger: Ledger, title: str, recipe: dict | None = None,
+def render_markdown(rows: list[ResultRow], ledger: Ledger, title: str, recipe: dict | None = None,
                     figures: dict[str, bytes] | None = None, out_dir: Path | None = None) -> str:
     """The report; figures (name -> PNG) are filled in and referenced as plots/<name>.png."""
     figures = {} if figures is None else figures
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    by = {(r["variant"], r["task"]): r for r in rows}
-    first = {v: next(r for r in rows if r["variant"] == v) for v in variants}
+    variants = list(dict.fromkeys(r.variant for r in rows))
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    by = {(r.variant, r.task): r for r in rows}
+    first = {v: next(r for r in rows if r.variant == v) for v in variants}
     summaries = summarize_variants(rows)
     spec, explicit = select_policy(recipe or {})
     selection = select_variant(summaries, spec)
@@ -446,20 +399,20 @@ def render_markdown(rows: list[dict], ledger: Ledger, title: str, recipe: dict |
     out += _model_note(ledger)
     out += _recommendation(selection, explicit)
     out += _accuracy(rows, variants, tasks, by, first)
-    cells = {(c["variant"], c["cell"]): c for c in ledger.cells()}
+    cells = {(c.variant, c.cell): c.metrics for c in ledger.cells()}
     out += _fidelity(variants, tasks, cells)
     out += _pareto(summaries, selection.chosen, figures)
     out += _heatmap(summaries, tasks, figures)
-    out += _instruction_following(variants, [t for t in tasks if (by.get((BASELINE, t)) or {}).get(
-        "higher_is_better", True)], by)
+    out += _instruction_following(variants, [t for t in tasks if (r := by.get((BASELINE, t))) is None
+                                             or r.higher_is_better], by)
     out += _extraction(variants, tasks, cells)
     out += _other_metrics(rows, variants, tasks, by)
     out += _efficiency(variants, first)
     out += _profiles(ledger, figures)
-    problems = [r for r in first.values() if r["status"] in ("failed", "skipped")]
+    problems = [r for r in first.values() if r.status in ("failed", "skipped")]
     if problems:
         out += ["## Variants that did not run", ""]
-        out += [f"- **{r['variant']}** ({r['status']}): {_cell(r['reason'])}" for r in problems]
+        out += [f"- **{r.variant}** ({r.status}): {_cell(r.reason)}" for r in problems]
         out.append("")
     out += _stages(ledger)
     out += _sni_section(ledger, out_dir)
@@ -484,8 +437,6 @@ def render_html(title: str, markdown_text: str, figures: dict[str, bytes]) -> st
     text is escaped), and each plots/<name>.png reference becomes an embedded data URI."""
     from markdown_it import MarkdownIt
 
-    from evaluate.plots import data_uri
-
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
     for name, png in figures.items():
         body = body.replace(f'src="plots/{name}.png"', f'src="{data_uri(png)}"')
@@ -504,7 +455,7 @@ def write_figures(figures: dict[str, bytes], out_dir: Path) -> None:
 def write_outputs(ledger: Ledger, out_dir: Path, recipe: Any = None) -> Path:
     rows = result_rows(ledger)
     path = out_dir / "results.json"
-    path.write_text(json.dumps(rows, indent=2))
+    path.write_text(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
     recipe_dict = study_recipe(ledger, recipe)
     title = recipe_dict.get("name") or out_dir.name
     figures: dict[str, bytes] = {}

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluate.harness import breakdown_by
+from evaluate.ledger import Ledger
+from evaluate.tasks import TASKS
 
 BASELINE = "baseline"
 TIERS: tuple[tuple[str, str, str], ...] = (  # (tier, meta key, heading)
@@ -112,24 +114,20 @@ def render_sni_markdown(result: dict[str, Any] | None = None, *, ledger: Any = N
     return "\n".join(out)
 
 
-def _sni_cells(ledger: Any) -> list[tuple[str, str]]:
+def _sni_cells(ledger: Ledger) -> list[tuple[str, str]]:
     """(variant, cell) of every finished SNI cell, styles in the recipe's task order when known."""
-    from evaluate.tasks import TASKS, load_builtin_tasks
-
-    load_builtin_tasks()
-    cells = [(c["variant"], c["cell"]) for c in ledger.cells()
-             if TASKS.get(c["task"]) is not None and TASKS[c["task"]].family == "sni"]
-    run = ledger.last_run() or {}
+    cells = [(c.variant, c.cell) for c in ledger.cells() if c.task in TASKS and TASKS[c.task].family == "sni"]
+    run = ledger.last_run()
     try:
-        order = [t.get("label") or t["name"] for t in json.loads(run.get("recipe") or "{}").get("tasks", [])]
-    except (TypeError, ValueError, KeyError):
+        order = [t.get("label") or t["name"] for t in (run.recipe if run else {}).get("tasks", [])]
+    except (TypeError, AttributeError, KeyError):
         order = []
     rank = {cell: i for i, cell in enumerate(order)}
-    variant_rank = {v["variant"]: i for i, v in enumerate(ledger.variants())}
+    variant_rank = {v.variant: i for i, v in enumerate(ledger.variants())}
     return sorted(cells, key=lambda vc: (variant_rank.get(vc[0], len(variant_rank)), rank.get(vc[1], len(rank)), vc[1]))
 
 
-def sni_result(out_dir: Path, ledger: Any) -> dict[str, Any] | None:
+def sni_result(out_dir: Path, ledger: Ledger) -> dict[str, Any] | None:
     """The three-tier result of a study from samples/<variant>/<cell>.jsonl of its SNI cells; None if none."""
     samples: dict[str, dict[str, list[dict]]] = {}
     for variant, cell in _sni_cells(ledger):
@@ -140,7 +138,7 @@ def sni_result(out_dir: Path, ledger: Any) -> dict[str, Any] | None:
     return three_tier_study(samples) if samples else None
 
 
-def write_sni_outputs(out_dir: Path, ledger: Any) -> str | None:
+def write_sni_outputs(out_dir: Path, ledger: Ledger) -> str | None:
     """Write ``sni_three_tier.json`` into the study directory and return the Markdown section for
     report.md; None (and no file) when the study has no finished SNI cell."""
     result = sni_result(out_dir, ledger)

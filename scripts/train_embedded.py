@@ -319,7 +319,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=4500)
-    p.add_argument("--out", type=Path, default=REPO / "compress" / "embedded" / "tiny-reasoner")
+    p.add_argument("--out", type=Path, default=REPO / "evaluate" / "embedded" / "tiny-reasoner")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)

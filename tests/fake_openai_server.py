@@ -7,8 +7,12 @@ Deterministic models behind POST /v1/chat/completions:
   format, prose whose last number is not the answer ("I think 7 are left, not 8": the rules guess 8, the
   judge sees 7), no number at all, or a wrong answer-is (off by one);
 - "slow": sleeps `delay_s` first (to exercise timeouts).
-It checks `Authorization: Bearer <api_key>`, can be told to fail the next requests (`fail_next`),
-records what it received (not the key), and shuts itself down after `lifetime_s` at the latest."""
+- "broken": answers 200 with a body that has no choices;
+- "cut": answers "The answer is" with finish_reason "length" (a completion cut by max_tokens).
+It checks `Authorization: Bearer <api_key>`, can be told to fail the next requests (`fail_next`), optionally
+echoing the Authorization header it got in a long error body (`echo_auth`: a leaky server), records what it
+received (not the key: only whether an Authorization header came and matched), and shuts itself down after
+`lifetime_s` at the latest."""
 
 from __future__ import annotations
 
@@ -62,12 +66,30 @@ def calc_answer(content: str, sloppy: bool) -> str:
             f"The answer is {value + 1}."][style]
 
 
+ECHO_AT = 490  # where an echoed key starts in the error text by default: it crosses character 500
+JSON_HEAD = '{"error": {"message": "'  # what precedes the error text in a JSON error body
+
+
+def echo_body(status: int, authorization: str, at: int, cut: int | None, as_json: bool) -> str:
+    """An error body (serialized) whose error text echoes the Authorization header, its key starting at
+    character `at`, with more text after it unless the text is cut after `cut` characters; as JSON the text
+    is error.message, and the header is echoed in another field as well."""
+    key = authorization.removeprefix("Bearer ")
+    message = "x" * at + key + f" (received Authorization: {authorization}; request rejected, status {status})"
+    message = message[:cut]
+    if not as_json:
+        return message
+    body = json.dumps({"error": {"message": message, "received_headers": {"authorization": authorization}}})
+    assert body.startswith(JSON_HEAD + "x" * at)  # the key starts at character at + len(JSON_HEAD) of the body
+    return body
+
+
 class FakeOpenAI:
     def __init__(self, api_key: str | None = None, lifetime_s: float = 120.0, delay_s: float = 1.0) -> None:
         self.api_key = api_key
         self.delay_s = delay_s
         self.received: list[dict[str, Any]] = []
-        self._failures: list[int] = []
+        self._failures: list[tuple[int, str | None, int, int | None]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -82,9 +104,15 @@ class FakeOpenAI:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def fail_next(self, status: int = 429, times: int = 1) -> None:
+    def fail_next(self, status: int = 429, times: int = 1, echo_auth: str | None = None,
+                  echo_at: int = ECHO_AT, echo_cut: int | None = None) -> None:
+        """Fail the next `times` requests with `status`. echo_auth "json" or "text": the error text (the JSON
+        error.message, or a plain-text body) echoes the request's Authorization header, its key starting at
+        character `echo_at` (by default crossing the 500th), as a misbehaving proxy or server might; echo_cut:
+        the server cuts that text after so many characters itself (leaving a piece of the key)."""
+        assert echo_auth in (None, "json", "text")
         with self._lock:
-            self._failures.extend([status] * times)
+            self._failures.extend([(status, echo_auth, echo_at, echo_cut)] * times)
 
     def count(self, model: str | None = None, status: int | None = 200) -> int:
         with self._lock:
@@ -111,14 +139,17 @@ class FakeOpenAI:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _respond(self, body: dict, auth_ok: bool) -> tuple[int, dict]:
+    def _respond(self, body: dict, auth_ok: bool, authorization: str) -> tuple[int, dict | str]:
         with self._lock:
-            failure = self._failures.pop(0) if self._failures else None
+            failure, echo, echo_at, echo_cut = self._failures.pop(0) if self._failures else (None, None, 0, None)
         if not auth_ok:
             return 401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
+        if failure is not None and echo is not None:
+            return failure, echo_body(failure, authorization, echo_at, echo_cut, as_json=echo == "json")
         if failure is not None:
             return failure, {"error": {"message": f"injected failure {failure}"}}
         model = body.get("model")
+        finish = "stop"
         content = body["messages"][-1]["content"]
         if model == "judge":
             text = judge_answer(content)
@@ -127,13 +158,17 @@ class FakeOpenAI:
         elif model == "slow":
             time.sleep(self.delay_s)
             text = "ok"
+        elif model == "cut":  # hits max_tokens: finish_reason "length"
+            text, finish = "The answer is", "length"
+        elif model == "broken":  # 200, but no choices
+            return 200, {"id": "chatcmpl-fake", "object": "chat.completion"}
         else:
             return 404, {"error": {"message": f"The model {model!r} does not exist"}}
         usage = {"prompt_tokens": len(content.split()), "completion_tokens": len(text.split())}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return 200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": model,
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                  "finish_reason": "stop"}], "usage": usage}
+                                  "finish_reason": finish}], "usage": usage}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -144,17 +179,21 @@ class FakeOpenAI:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                auth_ok = fake.api_key is None or self.headers.get("Authorization") == f"Bearer {fake.api_key}"
-                status, payload = fake._respond(body, auth_ok)
+                authorization = self.headers.get("Authorization")
+                auth_ok = fake.api_key is None or authorization == f"Bearer {fake.api_key}"
+                status, payload = fake._respond(body, auth_ok, authorization or "")
+                headers = {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"}
                 with fake._lock:
                     fake.received.append({"model": body.get("model"), "status": status, "auth_ok": auth_ok,
+                                          "has_auth": authorization is not None, "headers": headers,
                                           "body": body})
                 self._send(status, payload)
 
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
+            def _send(self, status: int, payload: dict | str) -> None:
+                text = payload if isinstance(payload, str) else json.dumps(payload)
+                data = text.encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 if status == 429:
                     self.send_header("Retry-After", "0")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from compress.models import embedded_models, load_model, load_tokenizer, resolve_model_source
 from evaluate.generation import DecodingConfig, generate
 from evaluate.harness import build_prompt_set
+from evaluate.models import embedded_models, load_model, load_tokenizer, resolve_model_source
 from evaluate.prompts import PromptConfig
 from evaluate.scoring import score_output
 from evaluate.tasks.synthetic import TRAINING_TASKS

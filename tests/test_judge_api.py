@@ -6,21 +6,24 @@ import hashlib
 import json
 import logging
 import secrets
+import socket
 import sqlite3
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from compress.models import EMBEDDED_ROOT
 from compress.recipe import RecipeError, load_recipe
-from evaluate.api_model import APIError, APIModel, ChatClient
-from evaluate.generation import DecodingConfig
-from evaluate.judge import cohen_kappa, is_unsettled, judge_samples, parse_verdict
+from evaluate.api_model import MAX_ERROR_DETAIL, NO_KEY, APIError, APIModel, ChatClient, error_detail, scrub
+from evaluate.generation import DecodingConfig, Generation
+from evaluate.judge import JUDGE_METRICS, cohen_kappa, is_unsettled, judge_cell, judge_samples, parse_verdict
+from evaluate.models import EMBEDDED_ROOT
+from evaluate.records import Backend, CellMetrics, Profile
 from evaluate.scoring import score_output
 from evaluate.tasks import Item, load_builtin_tasks
 from tests.conftest import write_recipe
-from tests.fake_openai_server import FakeOpenAI
+from tests.fake_openai_server import ECHO_AT, JSON_HEAD, FakeOpenAI
 
 KEY_ENV = "SLIMLAB_TEST_KEY"
 
@@ -103,6 +106,95 @@ def test_timeout_error_is_clear(server):
     assert time.perf_counter() - t0 < 0.9  # two 0.2 s attempts, not the server's 1 s answer
 
 
+def test_no_key_env_sends_no_authorization_and_nothing_from_the_environment(monkeypatch):
+    sentinels = {name: f"sk-AMBIENT-{name}-" + secrets.token_hex(8)
+                 for name in ("OPENAI_API_KEY", "OPENAI_ADMIN_KEY", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID")}
+    for name, value in sentinels.items():
+        monkeypatch.setenv(name, value)
+    with FakeOpenAI(api_key=None, lifetime_s=60) as local:
+        result = ChatClient(local.base_url, "calc", None, timeout_s=5.0).chat([{"role": "user", "content": "1 + 2"}],
+                                                                             max_tokens=4)
+        assert result.text == "The answer is 3." and result.attempts == 1
+        (req,) = local.received
+        assert not req["has_auth"]  # no key, and not OPENAI_API_KEY nor the placeholder either
+        assert not [v for v in req["headers"].values() for s in [*sentinels.values(), NO_KEY] if s in v]
+
+
+def test_key_env_sends_only_that_key(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-AMBIENT-" + secrets.token_hex(8))
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-AMBIENT")
+    client(server).chat([{"role": "user", "content": "1 + 2"}], max_tokens=4)
+    (req,) = server.received
+    assert req["auth_ok"] and req["has_auth"]  # Authorization is exactly "Bearer <the $SLIMLAB_TEST_KEY key>"
+    assert not [v for v in req["headers"].values() if "AMBIENT" in v]
+
+
+def fragments(key: str, n: int = 6) -> list[str]:
+    return [key[i:i + n] for i in range(len(key) - n + 1)]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 500])
+@pytest.mark.parametrize("echo", ["json", "text"])
+@pytest.mark.parametrize(("at", "cut"), [(ECHO_AT, None), (ECHO_AT - len(JSON_HEAD), None),  # crossing char 500
+                                          (MAX_ERROR_DETAIL - 10, None), (20, None),  # crossing our cut; inside;
+                                          (MAX_ERROR_DETAIL - 30, MAX_ERROR_DETAIL - 14)])
+def test_key_echoed_in_a_long_error_body_never_reaches_the_message(server, api_key, status, echo, at, cut, caplog):
+    # ... and cut by the server itself, leaving the key's first 16 characters inside what APIError keeps
+    caplog.set_level(logging.DEBUG)
+    server.fail_next(status, times=2, echo_auth=echo, echo_at=at, echo_cut=cut)
+    with pytest.raises(APIError, match=rf"HTTP {status} from {server.base_url}/chat/completions: x+") as info:
+        client(server, max_retries=1).chat([{"role": "user", "content": "1 + 1"}], max_tokens=4)
+    message = str(info.value)
+    assert not [f for f in fragments(api_key) if f in message], message
+    assert "\n" not in message and len(message) < MAX_ERROR_DETAIL + 200
+    assert info.value.__context__ is None and info.value.__cause__ is None  # the SDK's error (raw body) is not kept
+    if at < MAX_ERROR_DETAIL:  # the key was inside the kept part: masked where it stood (a cut one too)
+        assert "x" * at + "***" in message
+    if at == 20:
+        assert "x" * at + "*** (received Authorization: Bearer ***; request rejected" in message
+    assert "received_headers" not in message  # of a JSON body only error.message is kept
+    assert server.count(status=status) == (2 if status == 500 else 1)
+    assert not [f for f in fragments(api_key) if f in caplog.text]
+
+
+def test_scrub_masks_every_piece_of_the_key():
+    key = "sk-FAKE-SECRET-1234567890abcdef"
+    assert scrub(f"a {key} b", key) == "a *** b"
+    assert scrub("body ...sk-FAKE-SECRET-1", key) == "body ...***"  # a prefix cut by a length limit
+    assert scrub("x 567890abc y", key) == "x *** y" and scrub("cdef!", key) == "cdef!"  # 6+ masked, 4 kept
+    assert scrub(f"{key[:10]}|{key[12:]}", key) == "***|***"
+    assert scrub("nothing here", key) == "nothing here" and scrub("short abc", "abc") == "short ***"
+    assert scrub("text", None) == "text"
+
+
+def test_error_detail_keeps_only_the_scrubbed_message():
+    key = "sk-FAKE-SECRET-1234567890abcdef"
+    body = json.dumps({"error": {"message": "bad\nrequest " + key[:16], "debug": key, "type": "x"}})
+    assert error_detail(body, key) == "bad request ***"
+    assert error_detail(json.dumps({"detail": "Not Found"}), key) == "Not Found"
+    assert error_detail(json.dumps({"error": "overloaded"}), key) == "overloaded"
+    assert error_detail(json.dumps({"error": {"code": 5}}), key) == "(JSON error body without a message)"
+    long = error_detail("<html>" + "z" * 1000 + key, key)
+    assert len(long) == MAX_ERROR_DETAIL and long.endswith("...") and "sk-FAK" not in long
+    assert error_detail("", key) == "(empty body)"
+
+
+def test_not_a_chat_completion(server):
+    with pytest.raises(APIError, match=r"/v1/chat/completions answered something that is not a chat completion: "):
+        client(server, model="broken").chat([{"role": "user", "content": "x"}], max_tokens=2)
+    assert len(server.received) == 1
+
+def test_closed_port_fails_cleanly(api_key, caplog):
+    caplog.set_level(logging.DEBUG)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    closed = ChatClient(f"http://127.0.0.1:{port}/v1", "calc", KEY_ENV, timeout_s=2.0, max_retries=1, backoff_s=0.01)
+    with pytest.raises(APIError, match=rf"cannot reach http://127.0.0.1:{port}/v1/chat/completions: .* \(2 attempts\)"):
+        closed.chat([{"role": "user", "content": "x"}], max_tokens=2)
+    assert api_key not in caplog.text
+
+
 def test_api_model_batches_in_order_with_concurrency(server):
     model = APIModel("gpt", client(server), max_concurrency=3)
     prompts = [f"Question: What is {i} + {i}?\nAnswer:" for i in range(7)]
@@ -111,10 +203,28 @@ def test_api_model_batches_in_order_with_concurrency(server):
                                on_batch=lambda idx, texts: seen.append(idx))
     assert [g.text for g in out] == [f"The answer is {2 * i}" for i in range(7)]  # cut locally at the stop string
     assert seen == [[0, 1, 2], [3, 4, 5], [6]]
+    assert all(isinstance(g, Generation) and g.finish == "stop" and g.n_tokens == 4 for g in out)
     prof = model.latency_profile()
-    assert prof["n_requests"] == 7 and prof["completion_tokens"] == 28
-    assert prof["batches"][0]["latency_ms_per_token"] > 0 and prof["request_ms_p90"] >= prof["request_ms_p50"]
-    assert model.backend == f"OpenAI-compatible API calc @ {server.base_url.split('/')[2]}"
+    assert isinstance(prof, Profile) and prof.kind == "api"
+    assert prof.n_requests == 7 and prof.completion_tokens == 28 and prof.max_concurrency == 3
+    assert prof.batches[0].latency_ms_per_token > 0 and prof.request_ms_p90 >= prof.request_ms_p50
+    assert prof.batches[0].batch_size == 1 and prof.batches[0].ttft_ms is None
+    assert prof.batches[0].timer == "request wall time" and prof.batches[0].tokens_per_s > 0
+    assert prof.retried_requests == 0 and prof.prompt_tokens == sum(len(p.split()) for p in prompts)
+    host = server.base_url.split("/")[2]
+    assert model.backend == Backend(format="api", kernels=[f"OpenAI-compatible API calc @ {host}"], device="remote")
+    assert prof.backend == model.backend and prof.device == "remote"
+    Profile.model_validate(prof.model_dump())  # round-trips as the ledger stores it
+
+
+def test_api_model_finish_length_and_retried_requests(server):
+    model = APIModel("cut", client(server, model="cut"), max_concurrency=1)
+    server.fail_next(503)
+    out = model.generate_texts(["a", "b"], DecodingConfig(max_new_tokens=3, batch_size=2))
+    assert [(g.text, g.finish, g.n_tokens, g.truncated) for g in out] == [("The answer is", "length", 3, True)] * 2
+    prof = model.latency_profile()
+    assert prof.retried_requests == 1 and prof.n_requests == 2 and [r.attempts for r in model.requests] == [2, 1]
+    assert model.requests[0].latency_s > 0  # the whole call, the failed attempt included
 
 
 # ------------------------------------------------------------------------------------ the judge
@@ -175,6 +285,17 @@ def test_audit_agreement_and_kappa(server):
     assert len(audited) == 2 and all(not is_unsettled(s) for s in again if s["id"] in audited)
 
 
+def test_judge_cell_metrics_are_cell_metrics_fields(server):
+    samples, items = hand_made_samples()
+    spec = SimpleNamespace(base_url=server.base_url, model="judge", api_key_env=KEY_ENV, timeout_s=5.0, max_retries=1,
+                           audit=2, max_tokens=8, max_concurrency=2, tasks="all")
+    metrics = judge_cell(spec, samples, items, seed=0)
+    assert set(metrics) == set(JUDGE_METRICS) - {"judge_error"}
+    assert set(metrics) <= set(CellMetrics.model_fields)
+    merged = CellMetrics(n=8, accuracy=37.5).merged(metrics)
+    assert merged.judge_calls == 5 and merged.accuracy_judged == 50.0 and merged.judge_audited == 2
+
+
 # ------------------------------------------------------------------------------------ the recipe
 
 RECIPE = """\
@@ -231,8 +352,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_study_with_api_model_and_judge_leaks_no_key(tmp_path, server, api_key, caplog, capsys):
-    from compress.ledger import Ledger
     from compress.runner import run_study
+    from evaluate.ledger import Ledger
 
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "study"
@@ -254,7 +375,8 @@ output: {out}
     assert set(rows) == {"baseline", "gpt-calc"}
     api = rows["gpt-calc"]
     host = server.base_url.split("/")[2]
-    assert api["status"] == "ok" and api["backend"] == f"OpenAI-compatible API calc-sloppy @ {host}"
+    backend = Backend(format="api", kernels=[f"OpenAI-compatible API calc-sloppy @ {host}"], device="remote")
+    assert api["status"] == "ok" and api["backend"] == backend.describe()  # "...; remote"
     assert api["steps"] == "api:calc-sloppy"
     assert api["weight_bytes"] is None and api["disk_bytes"] is None and api["peak_memory_bytes"] is None
     assert api["latency_ms_per_token"] > 0 and api["tokens_per_s"] > 0 and api["ttft_ms"] is None
@@ -263,22 +385,22 @@ output: {out}
     styles = [sloppy_style(p) for p in prompts]
     assert server.count("calc-sloppy") == 12
     assert api["value"] == pytest.approx(100 * styles.count(0) / 12)  # only "The answer is N." is right
-    cells = {c["variant"]: c for c in Ledger(out / "results.sqlite").cells()}
+    cells = {c.variant: c.metrics for c in Ledger(out / "results.sqlite").cells()}  # CellRecord
     judged_calls = 0
     for variant, cell in cells.items():
         samples = read_jsonl(out / "samples" / variant / "synth_arith.jsonl")
         unsettled = [s for s in samples if is_unsettled(s)]
         assert {s["id"] for s in samples if s.get("judge_role") == "unsettled"} == {s["id"] for s in unsettled}
         assert sum(s.get("judge_role") == "audit" for s in samples) == min(2, 12 - len(unsettled))
-        assert cell["judge_calls"] == len(unsettled) + cell["judge_audited"]
+        assert cell.judge_calls == len(unsettled) + cell.judge_audited
         final = [s["judge_verdict"] if s.get("judge_role") == "unsettled" else s["correct"] for s in samples]
-        assert cell["accuracy_judged"] == pytest.approx(100 * sum(final) / 12)
-        judged_calls += cell["judge_calls"]
+        assert cell.accuracy_judged == pytest.approx(100 * sum(final) / 12)
+        judged_calls += cell.judge_calls
     assert server.count("judge") == judged_calls
     # the judge reads "I think N are left, not N+1" as right (the rules took the last number, N+1)
-    assert cells["gpt-calc"]["accuracy_judged"] == pytest.approx(100 * (styles.count(0) + styles.count(1)) / 12)
-    assert cells["gpt-calc"]["judge_overturned"] == styles.count(1)
-    assert cells["gpt-calc"]["judge_agreement"] is not None
+    assert cells["gpt-calc"].accuracy_judged == pytest.approx(100 * (styles.count(0) + styles.count(1)) / 12)
+    assert cells["gpt-calc"].judge_overturned == styles.count(1)
+    assert cells["gpt-calc"].judge_agreement is not None
 
     # a rerun recomputes nothing; a changed judge setting re-judges without regenerating
     before = len(server.received)
@@ -287,8 +409,8 @@ output: {out}
     recipe.judge.audit = 3
     run_study(recipe)
     assert server.count("calc-sloppy") == 12 and server.count("judge") > judged_calls
-    for cell in Ledger(out / "results.sqlite").cells():
-        assert cell["judge_audited"] == min(3, 12 - cell["judge_unsettled"])
+    for cell in (c.metrics for c in Ledger(out / "results.sqlite").cells()):
+        assert cell.judge_audited == min(3, 12 - cell.judge_unsettled)
 
     # the key is in no file of the study (the ledger holds the variable's name only), nor in any log
     needle = api_key.encode()
@@ -299,3 +421,43 @@ output: {out}
         assert api_key not in json.dumps(db.execute("SELECT * FROM runs").fetchall())
     captured = capsys.readouterr()
     assert api_key not in caplog.text + captured.out + captured.err
+
+
+@pytest.fixture
+def finding_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    key = "sk-FAKE-SECRET-" + secrets.token_hex(16)  # as in the finding; no "test-" (pytest's paths have that)
+    monkeypatch.setenv(KEY_ENV, key)
+    return key
+
+
+@pytest.mark.slow
+def test_study_against_a_server_echoing_the_key_stores_no_piece_of_it(tmp_path, finding_key, caplog, capsys):
+    """The reliability finding: an error body echoing the key across its 500th character left the key's first
+    16 characters in results.sqlite, results.json, report.md, report.html and the console."""
+    from compress.runner import run_study
+
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "study"
+    with FakeOpenAI(api_key=finding_key, lifetime_s=120) as server:
+        # every request, the API model's and the judge's: the key crosses the body's 500th character
+        server.fail_next(400, times=10_000, echo_auth="json", echo_at=ECHO_AT - len(JSON_HEAD))
+        text = f"""\
+model: {{name: {tiny_model()}}}
+tasks:
+  - {{name: synth_arith, n: 4, max_new_tokens: 12}}
+profile: {{enabled: false}}
+api_models:
+  - {{name: gpt-calc, base_url: '{server.base_url}', model: calc, api_key_env: {KEY_ENV}, max_retries: 0}}
+judge: {{base_url: '{server.base_url}', model: judge, api_key_env: {KEY_ENV}, max_retries: 0}}
+output: {out}
+"""
+        results = json.loads(run_study(load_recipe(write_recipe(tmp_path, text))).read_text())
+        assert server.count(status=400) >= 2  # the API model and the judge both met the leaky server
+    rows = {r["variant"]: r for r in results}
+    assert rows["gpt-calc"]["status"] == "failed" and "HTTP 400 from" in rows["gpt-calc"]["reason"]
+    pieces = [f.encode() for f in fragments(finding_key)]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) > 3 and not [(p.name, f) for p in files for f in pieces if f in p.read_bytes()]
+    captured = capsys.readouterr()
+    console = caplog.text + captured.out + captured.err
+    assert "HTTP 400 from" in console and not [f for f in fragments(finding_key) if f in console]

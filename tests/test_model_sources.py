@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress import models
-from compress.models import ModelSourceError, load_model, load_tokenizer, resolve_model_source, source_info
+from evaluate import models
+from evaluate.models import ModelSourceError, load_model, load_tokenizer, resolve_model_source, source_info
 from tests.tiny_gguf import write_tiny_gguf
 
 

@@ -86,8 +86,8 @@ def test_the_worked_answers_the_embedded_model_is_trained_on_score_as_correct():
 def test_prompts_get_the_tokenizers_bos_once():
     """Plain prompts are encoded with the tokenizer's special tokens (Llama's BOS), as the model was trained
     and as lm-evaluation-harness does; a prompt that already starts with BOS (a chat template) gets no second."""
-    from compress.models import load_tokenizer, resolve_model_source
     from evaluate.generation import encode_prompt
+    from evaluate.models import load_tokenizer, resolve_model_source
 
     tok = load_tokenizer(str(resolve_model_source("embedded:tiny-reasoner").location))
     plain = encode_prompt(tok, "Sort: 3, 1\nAnswer:")

@@ -4,7 +4,6 @@ an architecture alone; the shipped configs' shapes; and the Pareto/selection log
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -14,9 +13,9 @@ from click.testing import CliRunner
 
 from compress.cli import main
 from compress.profile_cli import ProfileTargetError, config_meta, profile_target, resolve_target, shipped_configs
-from compress.recipe import SelectSpec
-from evaluate.pareto import pareto_front, select_variant, summarize_variants
+from evaluate.pareto import SelectSpec, pareto_front, select_variant, summarize_variants
 from evaluate.profiling import ProfileConfig, RssSampler, profile_loaded, profile_model_dir
+from evaluate.records import ProfileRun, ResultRow
 
 LAYERS, HEADS, KV_HEADS, HIDDEN = 2, 4, 2, 64
 
@@ -48,21 +47,22 @@ def test_tiny_model_profile(tiny_dir):
     # 16 new tokens and a median of 3: end-to-end stays well above TTFT even on a contended CPU
     config = ProfileConfig(prompt_tokens=12, new_tokens=16, warmup=1, repeats=3, batch_sizes=(1, 3))
     result = profile_model_dir(str(path), "float32", "cpu", config)
-    weight_bytes = result["footprint"]["weight_bytes"]
+    weight_bytes = result.footprint.weight_bytes
     assert abs(weight_bytes - 4 * n_params) / (4 * n_params) < 0.02
-    assert result["footprint"]["n_params"] == n_params
-    assert [r["batch_size"] for r in result["batches"]] == [1, 3]
-    for r in result["batches"]:
-        assert 0 < r["ttft_ms"] < r["end_to_end_ms"]
-        assert r["kv_cache_tokens"] == 12 + 16 - 1  # the last generated token is never fed back
-        assert r["kv_cache_bytes"] == kv_bytes(27, r["batch_size"], 4)
-        assert r["per_token_p50_ms"] <= r["per_token_p90_ms"]
-        assert r["tokens_per_s"] == pytest.approx(r["batch_size"] * 15 / ((r["end_to_end_ms"] - r["ttft_ms"]) / 1000))
-        assert r["dtype"] == "float32" and r["device"].startswith("CPU (") and "cores" in r["device"]
-        assert r["backend"] == "PyTorch dense float32; CPU" and "attention" in r["kernel"]
-        assert r["generation_peak_rss_bytes"] >= result["rss_before_load_bytes"]
-    assert result["load_s"] > 0 and result["load_peak_rss_bytes"] >= result["rss_before_load_bytes"]
-    assert result["peak_rss_bytes"] >= max(result["load_peak_rss_bytes"], result["generation_peak_rss_bytes"])
+    assert result.footprint.n_params == n_params
+    assert [r.batch_size for r in result.batches] == [1, 3]
+    # every figure travels with what produced it: dtype, device, backend and kernel
+    assert result.dtype == "float32" and result.device.startswith("CPU (") and "cores" in result.device
+    assert result.footprint.backend.describe() == "PyTorch dense float32; CPU" and "attention" in result.backend.kernel
+    for r in result.batches:
+        assert 0 < r.ttft_ms < r.end_to_end_ms
+        assert r.kv_cache_tokens == 12 + 16 - 1  # the last generated token is never fed back
+        assert r.kv_cache_bytes == kv_bytes(27, r.batch_size, 4)
+        assert r.per_token_p50_ms <= r.per_token_p90_ms
+        assert r.tokens_per_s == pytest.approx(r.batch_size * 15 / ((r.end_to_end_ms - r.ttft_ms) / 1000))
+        assert r.generation_peak_rss_bytes >= result.rss_before_load_bytes
+    assert result.load_s > 0 and result.load_peak_rss_bytes >= result.rss_before_load_bytes
+    assert result.peak_rss_bytes >= max(result.load_peak_rss_bytes, result.generation_peak_rss_bytes)
 
 
 def test_host_description_names_thread_runtime_tuning(monkeypatch):
@@ -71,11 +71,11 @@ def test_host_description_names_thread_runtime_tuning(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setenv("KMP_DUPLICATE_LIB_OK", "True")  # what importing bitsandbytes sets: not a user's tuning
     host = host_description()
-    assert host["thread_env"].get("OMP_WAIT_POLICY") == "PASSIVE"
-    assert "KMP_DUPLICATE_LIB_OK" not in host["thread_env"]
+    assert host.thread_env.get("OMP_WAIT_POLICY") == "PASSIVE"
+    assert "KMP_DUPLICATE_LIB_OK" not in host.thread_env
     assert "OMP_WAIT_POLICY=PASSIVE" in _device_label("cpu", host)
     monkeypatch.delenv("OMP_WAIT_POLICY")
-    assert "OMP_WAIT_POLICY" not in host_description()["thread_env"]
+    assert "OMP_WAIT_POLICY" not in host_description().thread_env
 
 
 def test_kv_cache_counts_bf16_bytes():
@@ -84,7 +84,7 @@ def test_kv_cache_counts_bf16_bytes():
     model = AutoModelForCausalLM.from_config(tiny_config(), dtype=torch.bfloat16).eval()
     (row,) = profile_loaded(model, 256, ProfileConfig(prompt_tokens=5, new_tokens=3, warmup=0, repeats=1,
                                                       batch_sizes=(2,)))
-    assert row["kv_cache_bytes"] == kv_bytes(7, 2, 2)
+    assert row.kv_cache_bytes == kv_bytes(7, 2, 2)
 
 
 def test_rss_sampler_sees_a_transient_allocation():
@@ -107,14 +107,14 @@ def test_compress_profile_on_a_config_measures_quantized_bytes(tmp_path):
                                        "--prompt-tokens", "8", "--new-tokens", "3", "--repeats", "1", "--warmup", "0",
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
-    data = json.loads(out.read_text())
-    assert data["kind"] == "config" and "accuracy not measured" in data["weights"]
-    dense, int8 = data["variants"]
-    assert dense["status"] == int8["status"] == "ok"
-    assert abs(dense["weight_bytes_vs_params_x_dtype"] - 1) < 0.02
-    assert int8["profile"]["footprint"]["weight_bytes"] < 0.6 * dense["profile"]["footprint"]["weight_bytes"]
-    assert "bitsandbytes int8" in int8["profile"]["backend"]
-    assert [r["batch_size"] for r in int8["profile"]["batches"]] == [1, 2]
+    data = ProfileRun.model_validate_json(out.read_text())
+    assert data.kind == "config" and "accuracy not measured" in data.weights
+    dense, int8 = data.variants
+    assert dense.status == int8.status == "ok"
+    assert abs(dense.weight_bytes_vs_params_x_dtype - 1) < 0.02
+    assert int8.profile.footprint.weight_bytes < 0.6 * dense.profile.footprint.weight_bytes
+    assert "bitsandbytes int8" in int8.profile.backend.describe()
+    assert [r.batch_size for r in int8.profile.batches] == [1, 2]
     assert "| bnb_int8 | 2 |" in out.with_suffix(".md").read_text()
 
 
@@ -158,25 +158,28 @@ def test_shipped_config_has_the_published_parameter_count(name):
 def test_profile_qwen2_5_0_5b_shape_weight_bytes():
     config = ProfileConfig(prompt_tokens=8, new_tokens=2, warmup=0, repeats=1, batch_sizes=(1,))
     result = profile_target("qwen2.5-0.5b-instruct", "float32", "cpu", (), config, log=lambda _: None)
-    (dense,) = result["variants"]
-    assert result["n_params"] == 494_032_768
-    assert abs(dense["profile"]["footprint"]["weight_bytes"] / (4 * 494_032_768) - 1) < 0.02
-    assert dense["profile"]["batches"][0]["kv_cache_bytes"] == 2 * 24 * 2 * 64 * 9 * 4
+    (dense,) = result.variants
+    assert result.n_params == 494_032_768
+    assert abs(dense.profile.footprint.weight_bytes / (4 * 494_032_768) - 1) < 0.02
+    assert dense.profile.batches[0].kv_cache_bytes == 2 * 24 * 2 * 64 * 9 * 4
 
 
 # --- Pareto front and selection on hand-made rows ------------------------------------------------
 
-def _rows(spec: dict[str, tuple]) -> list[dict]:
+def _rows(spec: dict[str, tuple]) -> list[ResultRow]:
     """variant -> (scores per task, weight MiB, ms/token, status)."""
     rows = []
     base = spec["baseline"][0]
     for variant, (scores, mib, ms, status) in spec.items():
         for task, value in zip(("a", "b"), scores, strict=True):
             b = base[("a", "b").index(task)]
-            rows.append({"variant": variant, "task": task, "value": value, "steps": variant, "status": status,
-                         "delta_vs_baseline": None if value is None else value - b, "weight_bytes": mib * 2**20,
-                         "peak_memory_bytes": None, "disk_bytes": mib * 2**20, "latency_ms_per_token": ms,
-                         "ttft_ms": None, "tokens_per_s": None, "backend": "x; CPU", "reason": None})
+            rows.append(ResultRow(
+                variant=variant, task=task, metric="accuracy", value=value, n=None, steps=variant, status=status,
+                delta_vs_baseline=None if value is None else value - b, higher_is_better=True, truncated=None,
+                rules=None, instruction_following=None, accuracy_std=None, weight_bytes=mib * 2**20,
+                bits_per_param=None, n_params=None, peak_memory_bytes=None, load_rss_delta_bytes=None,
+                disk_bytes=mib * 2**20, latency_ms_per_token=ms, ttft_ms=None, tokens_per_s=None, backend="x; CPU",
+                device=None, dtype=None, reason=None, extra_metrics={}, breakdowns={}))
     return rows
 
 

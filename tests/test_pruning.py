@@ -11,7 +11,7 @@ import torch
 
 from compress.calibration import calibration_provider
 from compress.recipe import RecipeError, load_recipe
-from compress.registry import StepContext, load_builtin_methods
+from compress.registry import CalibrationData, StepContext, load_builtin_methods
 from tests.conftest import write_recipe
 
 METHODS = load_builtin_methods()
@@ -57,16 +57,17 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _load(path: Path):
-    from compress.models import load_model
+    from evaluate.models import load_model
 
     return load_model(str(path))
 
 
 def _ctx(tiny_dir: Path, tmp_path: Path, pristine: bool = False) -> StepContext:
-    from compress.models import load_tokenizer
+    from evaluate.models import load_tokenizer
 
     return StepContext(tokenizer=load_tokenizer(str(tiny_dir)), source_dir=tiny_dir, workdir=tmp_path,
-                       calibration=calibration_provider("synthetic", 0), extras={"pristine": pristine})
+                       calibration=CalibrationData("synthetic", 64, 256, calibration_provider("synthetic", 0)),
+                       pristine=pristine)
 
 
 def _apply(method: str, model, ctx: StepContext, **params):
@@ -75,7 +76,7 @@ def _apply(method: str, model, ctx: StepContext, **params):
 
 
 def _ids(tiny_dir: Path) -> dict:
-    from compress.models import load_tokenizer
+    from evaluate.models import load_tokenizer
 
     tok = load_tokenizer(str(tiny_dir))
     return dict(tok(["Sort these numbers: 3, 1, 2\nAnswer:", "Question: 2 + 2?\nAnswer: 4"], return_tensors="pt",
@@ -154,12 +155,12 @@ def test_magnitude_unstructured_hits_the_target_per_layer(tiny_dir, tmp_path, sp
     assert set(fp.sparsity_per_layer) == {f"layers.{i}" for i in range(4)}
     assert all(v == pytest.approx(sparsity, abs=1e-3) for v in fp.sparsity_per_layer.values())
     assert (model.lm_head.weight != 0).all()  # the output embedding is left dense
-    assert "unstructured" in fp.backend and "dense kernel, zeros not skipped" in fp.backend
+    assert "unstructured" in fp.backend.describe() and "dense kernel, zeros not skipped" in fp.backend.describe()
 
 
 @pytest.mark.parametrize("pattern,m", [("2:4", 4), ("4:8", 8)])
 def test_magnitude_nm_keeps_the_largest_n_of_every_m(tiny_dir, tmp_path, pattern, m):
-    from compress.methods._sparsity import detect_pattern
+    from evaluate.sparsity import detect_pattern
 
     dense = _load(tiny_dir)
     w0 = dense.model.layers[0].mlp.up_proj.weight.detach().clone()
@@ -183,7 +184,7 @@ def test_llm_compressor_scorers_reach_the_sparsity(tiny_dir, tmp_path, method, p
     assert fp.sparsity == pytest.approx(0.5, abs=2e-3)
     assert (model.lm_head.weight != 0).all()
     if pattern == "2:4":
-        assert "2:4" in fp.backend
+        assert "2:4" in fp.backend.describe()
 
 
 # --- structured ------------------------------------------------------------------------------------
@@ -300,8 +301,9 @@ def test_distill_loss_terms():
 
 
 def test_qlora_on_a_bnb_4bit_base_saves_and_reloads(tiny_dir, tmp_path):
-    from compress.models import load_tokenizer, save_model
+    from evaluate.formats import save_model
     from evaluate.memory import measure_footprint
+    from evaluate.models import load_tokenizer
 
     ctx = _ctx(tiny_dir, tmp_path, pristine=True)
     base = _apply("bnb_4bit", _load(tiny_dir), ctx)
@@ -319,27 +321,31 @@ def test_qlora_on_a_bnb_4bit_base_saves_and_reloads(tiny_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**ids).logits, ref, atol=1e-4, rtol=1e-4)
     fp = measure_footprint(reloaded)
-    assert fp.sparsity is None and "Linear4bit" in fp.backend and "LoRA adapters" in fp.backend
+    assert fp.sparsity is None and "Linear4bit" in fp.backend.describe() and "LoRA adapters" in fp.backend.describe()
 
 
 # --- the pruning table -----------------------------------------------------------------------------
 
 def test_pruning_table_reads_before_and_after_recovery_from_the_ledger(tmp_path):
     from benchmarks.pruning_table import pruning_rows, render
-    from compress.ledger import Ledger
+    from evaluate.ledger import Ledger
+    from evaluate.records import Backend, BatchProfile, CellMetrics, Footprint, Profile
 
     ledger = Ledger(tmp_path / "results.sqlite")
-    prof = lambda tps: {"batches": [{"batch_size": 1, "tokens_per_s": tps}]}  # noqa: E731
-    ledger.upsert_variant("baseline", "k0", position=0, steps=[], footprint={"n_params": 1000, "sparsity": 0.0},
+    prof = lambda tps: Profile(backend=Backend(), batches=[BatchProfile(batch_size=1, tokens_per_s=tps)])  # noqa: E731
+    footprint = lambda sparsity, backend: Footprint(  # noqa: E731
+        weight_bytes=4000, quantized_layer_bytes=4000, quantized_layer_params=1000, bits_per_param=32.0,
+        n_params=1000, sparsity=sparsity, backend=backend)
+    ledger.upsert_variant("baseline", "k0", position=0, steps=[], footprint=footprint(0.0, Backend()),
                           profile=prof(100.0))
     steps = [{"method": "wanda", "sparsity": 0.5}, {"method": "distill"}, {"method": "rtn"}]
     ledger.upsert_variant("w", "k1", position=1, steps=steps, profile=prof(90.0),
-                          footprint={"n_params": 1000, "sparsity": 0.5, "backend": "dense; CPU"})
+                          footprint=footprint(0.5, Backend(kernels=["dense"])))
     for cell, base, final, pruned, recovered in (("a", 80, 60, 40, 70), ("b", 60, 50, 20, 50)):
-        ledger.put_cell("baseline", cell, cell, "c", {"accuracy": base})
-        ledger.put_cell("w", cell, cell, "c", {"accuracy": final})
-        ledger.put_stage("w", 0, "wanda", cell, "s", {"accuracy": pruned}, {})
-        ledger.put_stage("w", 1, "distill", cell, "s", {"accuracy": recovered}, {})
+        ledger.put_cell("baseline", cell, cell, "c", CellMetrics(n=10, accuracy=base))
+        ledger.put_cell("w", cell, cell, "c", CellMetrics(n=10, accuracy=final))
+        ledger.put_stage("w", 0, "wanda", cell, "s", CellMetrics(n=10, accuracy=pruned), None)
+        ledger.put_stage("w", 1, "distill", cell, "s", CellMetrics(n=10, accuracy=recovered), None)
     (row,) = pruning_rows(ledger)
     assert (row["method"], row["ratio"], row["sparsity"]) == ("wanda", "50%", 0.5)
     assert row["fp_baseline"] == 70 and row["accuracy_before_recovery"] == 30
@@ -352,7 +358,7 @@ def test_pruning_table_reads_before_and_after_recovery_from_the_ledger(tmp_path)
 
 def test_distill_trains_on_the_completion_tokens_only(tiny_dir):
     from compress.methods.distill import encode
-    from compress.models import load_tokenizer
+    from evaluate.models import load_tokenizer
 
     tok = load_tokenizer(str(tiny_dir))
     batch = encode(tok, [("Q: 1+1\nAnswer:", " 2</s>"), ("", "abc")], 32, "cpu")
@@ -366,8 +372,8 @@ def test_distill_trains_on_the_completion_tokens_only(tiny_dir):
 @pytest.mark.slow
 def test_study_prune_distill_chain_records_each_stage_and_the_table(tiny_dir, tmp_path):
     from benchmarks.pruning_table import pruning_rows
-    from compress.ledger import Ledger
     from compress.runner import Study
+    from evaluate.ledger import Ledger
 
     recipe = load_recipe(write_recipe(tmp_path, f"""\
 model: {{name: '{tiny_dir}'}}
@@ -386,12 +392,12 @@ calibration: {{n_samples: 4, seq_len: 64}}
 """))
     Study(recipe, tmp_path / "out").run()
     ledger = Ledger(tmp_path / "out" / "results.sqlite")
-    assert {(s["variant"], s["stage"], s["method"]) for s in ledger.stages()} == {
+    assert {(s.variant, s.stage, s.method) for s in ledger.stages()} == {
         ("wanda-2of4", 0, "wanda"), ("depth", 0, "prune_depth")}
     wanda = ledger.variant("wanda-2of4")
-    assert wanda["status"] == "ok" and wanda["footprint"]["sparsity"] == pytest.approx(0.5)
-    assert set(wanda["footprint"]["sparsity_per_layer"].values()) == {0.5}
-    assert "2:4 50% zeros (dense kernel, zeros not skipped)" in wanda["footprint"]["backend"]
+    assert wanda.status == "ok" and wanda.footprint.sparsity == pytest.approx(0.5)
+    assert set(wanda.footprint.sparsity_per_layer.values()) == {0.5}
+    assert "2:4 50% zeros (dense kernel, zeros not skipped)" in wanda.footprint.backend.describe()
     rows = {r["variant"]: r for r in pruning_rows(ledger)}
     assert rows["depth"]["ratio"] == "-1 of 4 layers" and rows["depth"]["params_vs_fp"] < 0.9
     assert all(r["accuracy_before_recovery"] is not None and r["tokens_per_s"] > 0 for r in rows.values())
@@ -400,7 +406,7 @@ calibration: {{n_samples: 4, seq_len: 64}}
 def test_distill_batches_cut_long_prompts_not_completions(tiny_dir):
     """Too-long texts lose their start: the answer tokens (the only ones trained on) stay in the batch."""
     from compress.methods.distill import encode
-    from compress.models import load_tokenizer
+    from evaluate.models import load_tokenizer
 
     tok = load_tokenizer(str(tiny_dir))
     side = tok.truncation_side

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.models import FORMAT_FILE, load_model, save_model
+from compress.calibration import calibration_provider
 from compress.recipe import RecipeError, load_recipe
-from compress.registry import StepContext, load_builtin_methods
+from compress.registry import CalibrationData, StepContext, load_builtin_methods
+from evaluate.formats import format_of, save_model
 from evaluate.memory import measure_footprint, stored_bits_per_param
+from evaluate.models import load_model
 from tests.conftest import write_recipe
 
 METHODS = load_builtin_methods()
@@ -43,12 +45,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _ctx(model_dir: Path, work: Path) -> StepContext:
-    from compress.calibration import calibration_provider
-    from compress.models import load_tokenizer
+    from evaluate.models import load_tokenizer
 
     work.mkdir(parents=True, exist_ok=True)
     return StepContext(tokenizer=load_tokenizer(str(model_dir)), source_dir=model_dir, workdir=work,
-                       calibration=calibration_provider("synthetic", 0), extras={"pristine": True})
+                       calibration=CalibrationData("synthetic", 64, 256, calibration_provider("synthetic", 0)),
+                       pristine=True)
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -143,11 +145,12 @@ def test_fitting_settings_validate(tmp_path, tiny_model):
 
 # ------------------------------------------------------------------------------ calibration
 def test_calibration_size_comes_from_the_recipe_unless_the_step_overrides_it(tmp_path, tiny_model):
-    from compress.calibration import calibration_provider
+    from compress.runner import Study
 
     text = STUDY.format(model=tiny_model, step="{method: gptq}") + "calibration: {n_samples: 7, seq_len: 99}\n"
     recipe = load_recipe(write_recipe(tmp_path, text))
-    ctx = StepContext(tokenizer=None, source_dir=tiny_model, workdir=tmp_path, extras={"recipe": recipe})
+    ctx = StepContext(tokenizer=None, source_dir=tiny_model, workdir=tmp_path,
+                      calibration=Study(recipe, tmp_path / "out").calibration())
     gptq = METHODS["gptq"].params
     assert gptq().calibration_size(ctx) == (7, 99)
     assert gptq(n_samples=3, seq_len=16).calibration_size(ctx) == (3, 16)
@@ -159,20 +162,21 @@ def test_calibration_size_comes_from_the_recipe_unless_the_step_overrides_it(tmp
 
 
 # ----------------------------------------------------------------------- skipping with reasons
-def test_method_unavailable_here_is_skipped_with_its_reason(tmp_path, tiny_model):
+def test_method_unavailable_here_is_skipped_with_its_reason(tmp_path, tiny_model, monkeypatch):
     from compress.runner import SkipVariant, Study
 
     recipe = load_recipe(write_recipe(tmp_path, STUDY.format(model=tiny_model, step="{method: fp8}")))
     study = Study(recipe, tmp_path / "out")
-    study.methods = dict(study.methods)
-    study.methods["fp8"] = dataclasses.replace(METHODS["fp8"], unavailable=lambda device, params: "no FP8 dtype here")
+    fp8 = METHODS["fp8"]
+    monkeypatch.setitem(METHODS._entries, "fp8", dataclasses.replace(
+        fp8, unavailable=lambda device, params: "no FP8 dtype here"))
     steps = recipe.variants[0].steps
     with pytest.raises(SkipVariant, match="'fp8' cannot run here: no FP8 dtype here"):
         study.build_variant("v", steps, "k", tokenizer=None)
     study.run_variant(1, "v", steps, tokenizer=None, cells=[])
     row = study.ledger.variant("v")
-    assert row["status"] == "skipped" and "no FP8 dtype here" in row["reason"]
-    assert METHODS["fp8"].unavailable_reason("cpu") is None  # torch here has float8 dtypes
+    assert row.status == "skipped" and "no FP8 dtype here" in row.reason
+    assert fp8.unavailable_reason("cpu") is None  # torch here has float8 dtypes
     cuda_only = dataclasses.replace(METHODS["rtn"], needs_cuda=True)
     assert "needs a CUDA GPU" in cuda_only.unavailable_reason("cpu")
 
@@ -253,7 +257,7 @@ def test_saved_variant_reloads_with_same_logits_and_measured_bits(tmp_path, tiny
     # its CPU kernel on the first forward, and saving after that corrupts the absmax scales
     save_model(model, ctx.tokenizer, out, spec.produces)
     before = _logits(model, ids)
-    assert (out / FORMAT_FILE).exists() == (spec.produces == "quanto")
+    assert format_of(out) == spec.produces  # the directory names its format; load_model reads it
     if spec.produces == "compressed-tensors":  # what vLLM and transformers read
         qc = json.loads((out / "config.json").read_text())["quantization_config"]
         assert qc["quant_method"] == "compressed-tensors" and qc["ignore"] == ["lm_head"]
@@ -271,8 +275,9 @@ def test_saved_variant_reloads_with_same_logits_and_measured_bits(tmp_path, tiny
     assert mem_bits[0] <= footprint.bits_per_param <= mem_bits[1], footprint
     stored = stored_bits_per_param(out, reloaded)
     assert disk_bits[0] <= stored <= disk_bits[1], stored
+    described = footprint.backend.describe()
     for word in backend:
-        assert word in footprint.backend, footprint.backend
-    assert "unstructured" not in footprint.backend  # zeros of a quantization grid are not pruning
+        assert word in described, described
+    assert "unstructured" not in described  # zeros of a quantization grid are not pruning
     if footprint.bits_per_param >= 16:  # a decompressing runtime must not claim a saving
-        assert "no memory saving" in footprint.backend
+        assert "no memory saving" in described

@@ -29,7 +29,7 @@ def errors_of(tmp_path: Path, text: str) -> list:
 
 def test_good_recipe_gets_defaults(tmp_path, config_only_model):
     recipe = load_recipe(write_recipe(tmp_path, GOOD.format(model=config_only_model)))
-    assert recipe.variants[0].steps == [{"method": "bnb_int8", "threshold": 6.0}]
+    assert [s.written() for s in recipe.variants[0].steps] == [{"method": "bnb_int8", "threshold": 6.0}]
     assert recipe.tasks[0].prompt_style == "direct"
     assert recipe.output == "runs/recipe"
     assert recipe.decoding.do_sample is False
@@ -216,7 +216,7 @@ def test_numbers_and_booleans_are_not_coerced(tmp_path):
     (issue,) = rejected(tmp_path, BASE + "decoding: {temperature: .nan}\n")
     assert issue.loc == ("decoding", "temperature") and "not a finite number" in issue.message
     recipe = load_recipe(write_recipe(tmp_path, BASE.replace("threshold: 6.0", "threshold: 6")))
-    assert recipe.variants[0].steps[0]["threshold"] == 6  # an int where a float is meant is fine
+    assert recipe.variants[0].steps[0].threshold == 6  # an int where a float is meant is fine
 
 
 def test_names_must_be_short_safe_strings(tmp_path):
@@ -296,14 +296,14 @@ def test_hub_id_is_checked_offline_within_two_seconds(tmp_path, monkeypatch):
     import socket
     import time
 
-    from compress import models
+    from evaluate import model_checks
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (issue,) = rejected(tmp_path, GOOD.format(model="some-org/no-such-model"))
     assert "not in the local cache" in issue.message and "HF_HUB_OFFLINE is set" in issue.message
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
-    monkeypatch.setattr(models, "_HUB_PROBE", {})
+    monkeypatch.setattr(model_checks, "_HUB_PROBE", {})
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))  # a network that never answers
     (issue,) = rejected(tmp_path, GOOD.format(model="some-org/no-such-model"))
     assert "no answer from" in issue.message and "set HF_HUB_OFFLINE=1" in issue.message

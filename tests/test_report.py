@@ -17,36 +17,38 @@ from click.testing import CliRunner
 from PIL import Image
 
 from compress.cli import main
-from compress.ledger import Ledger
+from evaluate.ledger import Ledger
+from evaluate.records import Backend, BatchProfile, CellMetrics, Footprint, Profile
 from evaluate.report import write_outputs
 
 TASKS = ("sort8_mixed", "synth_arith", "gsm_plus")
 MIB = 2**20
 
 
-def _profile(ms_per_token: float, batch8_tps: float, weight_mib: float) -> dict:
-    def row(b: int, tps: float) -> dict:
-        return {"batch_size": b, "prompt_tokens": 64, "new_tokens": 16, "ttft_ms": 5.0 * b, "end_to_end_ms": 80.0 * b,
-                "latency_ms_per_token": 1000 * b / tps, "per_token_p50_ms": 1000 * b / tps,
-                "per_token_p90_ms": 1.2 * 1000 * b / tps, "tokens_per_s": tps, "kv_cache_bytes": 4096 * b,
-                "kv_cache_tokens": 79, "generation_peak_rss_bytes": int((300 + weight_mib) * MIB),
-                "timer": "perf_counter", "device": "CPU (test)", "dtype": "float32", "kernel": "k"}
+def _profile(ms_per_token: float, batch8_tps: float, weight_mib: float) -> Profile:
+    def row(b: int, tps: float) -> BatchProfile:
+        return BatchProfile(batch_size=b, prompt_tokens=64, new_tokens=16, ttft_ms=5.0 * b, end_to_end_ms=80.0 * b,
+                            latency_ms_per_token=1000 * b / tps, per_token_p50_ms=1000 * b / tps,
+                            per_token_p90_ms=1.2 * 1000 * b / tps, tokens_per_s=tps, kv_cache_bytes=4096 * b,
+                            kv_cache_tokens=79, generation_peak_rss_bytes=int((300 + weight_mib) * MIB),
+                            timer="perf_counter")
 
-    return {"load_s": 0.5, "load_rss_delta_bytes": int(weight_mib * MIB), "load_peak_rss_bytes": int(400 * MIB),
-            "peak_rss_bytes": int((400 + weight_mib) * MIB), "generation_peak_rss_bytes": int(350 * MIB),
-            "device": "CPU (test)", "dtype": "float32",
-            "batches": [row(1, 1000 / ms_per_token), row(8, batch8_tps)]}
+    return Profile(backend=Backend(kernels=["k"], device="CPU (test)", dtype="float32"), dtype="float32", load_s=0.5,
+                   load_rss_delta_bytes=int(weight_mib * MIB), load_peak_rss_bytes=int(400 * MIB),
+                   peak_rss_bytes=int((400 + weight_mib) * MIB), generation_peak_rss_bytes=int(350 * MIB),
+                   batches=[row(1, 1000 / ms_per_token), row(8, batch8_tps)])
 
 
 def _variant(ledger: Ledger, name: str, pos: int, steps: list, weight_mib: float, ms: float, tps8: float,
              scores: dict, status: str = "ok", extra: dict | None = None) -> None:
-    fp = {"weight_bytes": int(weight_mib * MIB), "bits_per_param": 32 * weight_mib / 40, "n_params": 10_000_000,
-          "backend": f"{name} kernel; CPU"}
+    fp = Footprint(weight_bytes=int(weight_mib * MIB), quantized_layer_bytes=0, quantized_layer_params=0,
+                   bits_per_param=32 * weight_mib / 40, n_params=10_000_000,
+                   backend=Backend(kernels=[f"{name} kernel"], device="CPU"))
     ledger.upsert_variant(name, f"key-{name}", position=pos, steps=steps, status=status, footprint=fp,
                           profile=_profile(ms, tps8, weight_mib), disk_bytes=int(weight_mib * MIB))
     for task, acc in scores.items():
-        metrics = {"accuracy": acc, "instruction_following": 90.0, "n": 60.0, "metric": "accuracy",
-                   **(extra or {}).get(task, {})}
+        metrics = CellMetrics(accuracy=acc, instruction_following=90.0, n=60.0, metric="accuracy",
+                              **(extra or {}).get(task, {}))
         ledger.put_cell(name, task, task, f"c-{name}-{task}", metrics)
 
 
@@ -56,13 +58,14 @@ def make_study(out: Path, select: dict | None = None) -> Path:
     ledger = Ledger(out / "results.sqlite")
     recipe = {"name": "mini", "model": {"name": "embedded:tiny-reasoner"}, "select": select}
     ledger.start_run(recipe)
-    by_pert = {"gsm_plus": {"by_perturbation": {"digit_expansion": 50.0, "distractor_insertion": 40.0},
+    by_pert = {"gsm_plus": {"breakdowns": {"perturbation": {"digit_expansion": 50.0, "distractor_insertion": 40.0}},
                             "accuracy_loglik": 55.0}}
     _variant(ledger, "baseline", 0, [], 40, 20.0, 300.0, dict(zip(TASKS, (80.0, 60.0, 50.0), strict=True)),
              extra=by_pert)
     _variant(ledger, "int8", 1, [{"method": "bnb_int8"}], 12, 30.0, 200.0,
              dict(zip(TASKS, (80.0, 59.0, 49.5), strict=True)),
-             extra={"gsm_plus": {"by_perturbation": {"digit_expansion": 48.0, "distractor_insertion": 41.0},
+             extra={"gsm_plus": {"breakdowns": {"perturbation": {"digit_expansion": 48.0,
+                                                                 "distractor_insertion": 41.0}},
                                  "accuracy_loglik": 54.0, "accuracy_std": 1.5}})
     _variant(ledger, "int4", 2, [{"method": "bnb_4bit"}], 6, 15.0, 100.0,
              dict(zip(TASKS, (70.0, 56.0, 46.0), strict=True)))
@@ -70,12 +73,11 @@ def make_study(out: Path, select: dict | None = None) -> Path:
                           reason="RuntimeError: calibration | failed")
     # an API model: accuracy and request latency, no weights to measure
     ledger.upsert_variant("api-x", "key-api", position=4, steps=[{"method": "api:x"}], status="ok",
-                          footprint={"backend": "OpenAI-compatible API"},
-                          profile={"kind": "api", "backend": "OpenAI-compatible API", "device": "remote",
-                                   "batches": [{"batch_size": 1, "ttft_ms": None, "latency_ms_per_token": 9.0,
-                                                "tokens_per_s": None}]})
+                          profile=Profile(kind="api", backend=Backend(format="api", kernels=["OpenAI-compatible API"],
+                                                                      device="remote"),
+                                          batches=[BatchProfile(batch_size=1, latency_ms_per_token=9.0)]))
     for task, acc in zip(TASKS, (90.0, 70.0, 60.0), strict=True):
-        ledger.put_cell("api-x", task, task, f"c-api-{task}", {"accuracy": acc, "n": 60.0, "metric": "accuracy"})
+        ledger.put_cell("api-x", task, task, f"c-api-{task}", CellMetrics(accuracy=acc, n=60.0, metric="accuracy"))
     ledger.close()
     return out
 
@@ -214,7 +216,7 @@ def test_headless_chromium_renders_the_report(study, tmp_path):
 
 
 def test_sni_section_from_its_module_lands_in_md_and_html(tmp_path, monkeypatch):
-    import evaluate.sni
+    import evaluate.report
 
     calls = []
 
@@ -222,7 +224,7 @@ def test_sni_section_from_its_module_lands_in_md_and_html(tmp_path, monkeypatch)
         calls.append(out_dir)
         return "## Super-Natural Instructions: three-tier evaluation\n\n| tier | x |\n|---|---|\n| a | 1 |\n"
 
-    monkeypatch.setattr(evaluate.sni, "write_sni_outputs", fake_write)
+    monkeypatch.setattr(evaluate.report, "write_sni_outputs", fake_write)
     out = make_study(tmp_path / "s")
     CliRunner().invoke(main, ["report", str(out)])
     assert calls == [out]
@@ -233,7 +235,7 @@ def test_sni_section_from_its_module_lands_in_md_and_html(tmp_path, monkeypatch)
 @pytest.mark.slow
 def test_a_real_study_of_the_embedded_model_gets_a_report_with_plots(tmp_path):
     """Quickstart-shaped, scaled down: baseline + LLM.int8 on the embedded model, two batch sizes."""
-    from compress.models import embedded_models
+    from evaluate.models import embedded_models
 
     if "tiny-reasoner" not in embedded_models():
         pytest.skip("embedded:tiny-reasoner not trained yet")

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from compress.ledger import Ledger
 from compress.recipe import RecipeError, load_recipe
 from evaluate import bertscore
 from evaluate.harness import build_prompt_set, evaluate_cell
+from evaluate.ledger import Ledger
 from evaluate.prompts import PromptConfig, render_prompt
+from evaluate.records import CellMetrics
 from evaluate.sni import render_sni_markdown, three_tier_study, write_sni_outputs
 from evaluate.tasks import TASKS, load_builtin_tasks
 from evaluate.tasks.sni import NONE_LABEL, load, task_files
@@ -226,7 +227,7 @@ def test_write_sni_outputs_reads_the_study_samples(tmp_path):
     for variant, pos in (("baseline", 0), ("int4", 1)):
         ledger.upsert_variant(variant, "k", position=pos)
         for cell, task in (("sni-k0", "sni"), ("sni-k2", "sni"), ("sort8_positive", "sort8_positive")):
-            ledger.put_cell(variant, cell, task, "k", {"accuracy": 1.0})
+            ledger.put_cell(variant, cell, task, "k", CellMetrics(accuracy=1.0, n=3.0))
             d = tmp_path / "samples" / variant
             d.mkdir(parents=True, exist_ok=True)
             scores = [0.9, 0.6, 0.3] if cell == "sni-k2" else [0.3, 0.3, 0.3]
@@ -272,7 +273,7 @@ def test_bertscore_errors_name_the_recipe_field(tmp_path, monkeypatch):
 
 
 def test_cell_accuracy_is_mean_recall_x100(tiny_encoder, tmp_path):
-    from evaluate.metrics import batch_scorer_for
+    from evaluate.scoring import batch_scorer_for
 
     pset = build_prompt_set("c", "sni", 1, 0, PromptConfig(), None, str(FIXTURE))
     outputs = [pset.items[0].gold, "", pset.items[2].gold, "zzz"]
@@ -289,8 +290,8 @@ def test_cell_accuracy_is_mean_recall_x100(tiny_encoder, tmp_path):
     scores = [s["score"] for s in result.samples]
     assert scores[0] == pytest.approx(1.0, abs=1e-5) and scores[2] == pytest.approx(1.0, abs=1e-5)
     assert scores[1] == 0.0 and scores[3] < 1.0
-    assert result.metrics["accuracy"] == pytest.approx(25.0 * sum(scores))
-    assert result.metrics["instruction_following"] == 75.0
+    assert result.metrics.accuracy == pytest.approx(25.0 * sum(scores))
+    assert result.metrics.instruction_following == 75.0
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_chat_template_auto_follows_the_tokenizer():
 
 
 def _tiny_gguf_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from compress.models import load_tokenizer, resolve_model_source
+    from evaluate.models import load_tokenizer, resolve_model_source
     from tests.tiny_gguf import write_tiny_gguf
 
     monkeypatch.setenv("SLIMLAB_CACHE", str(tmp_path / "cache"))
@@ -90,7 +90,7 @@ def test_outputs_record_why_they_ended(tmp_path, monkeypatch):
     """A model that always predicts the same token never stops: every output is `length`; one that emits
     the end-of-turn token stops with `eos`; a stop string after text gives `stop`."""
     location, tok = _tiny_gguf_tokenizer(tmp_path, monkeypatch)
-    from compress.models import load_model
+    from evaluate.models import load_model
 
     model = load_model(location)
     im_end, letter_a = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("a")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from compress.ledger import Ledger
 from compress.recipe import load_recipe
 from compress.runner import Study
+from evaluate.ledger import Ledger
 from tests.conftest import write_recipe
 
 pytestmark = pytest.mark.slow

@@ -11,15 +11,6 @@ import torch
 from compress.registry import StepContext
 
 
-def calibration_texts(ctx: StepContext, n: int, seq_len: int) -> list[str]:
-    if ctx.calibration is None:
-        raise RuntimeError("this method needs calibration data but the study supplied none")
-    texts = ctx.calibration(n, seq_len)
-    if not texts:
-        raise RuntimeError("the calibration source returned no text")
-    return texts
-
-
 def token_batches(tokenizer: Any, texts: list[str], seq_len: int, batch_size: int,
                   device: str | torch.device = "cpu") -> Iterator[dict[str, torch.Tensor]]:
     """Right-padded batches (input_ids, attention_mask), each text truncated to seq_len tokens."""
@@ -55,7 +46,7 @@ def run_calibration(model: torch.nn.Module, ctx: StepContext, n: int, seq_len: i
     is called before each batch with its attention mask, so hooks can skip padding. `hooks` (the
     collecting handles) are removed afterwards, also when a forward fails."""
     try:
-        texts = calibration_texts(ctx, n, seq_len)
+        texts = ctx.calibration_texts(n, seq_len)
         was_training = model.training
         model.eval()
         for batch in token_batches(ctx.tokenizer, texts, seq_len, batch_size, model_device(model)):

@@ -45,6 +45,11 @@ class WeightQuantParams(QuantParams):
     group_size: int = Field(128, description="32/64/128..., or -1 for per-channel scales")
     symmetric: bool = True
 
+    headline_fields: ClassVar[tuple[str, ...]] = ("bits", "group_size")
+
+    def headline(self) -> str:
+        return f"W{self.bits} " + ("per-channel" if self.group_size == -1 else f"g{self.group_size}")
+
     @field_validator("bits")
     @classmethod
     def _bits(cls, v: int) -> int:
@@ -156,11 +161,7 @@ def run_oneshot(model: Any, modifiers: list[Any], ctx: StepContext, calibrate: b
     if calibrate:
         from datasets import Dataset
 
-        if ctx.calibration is None:
-            raise RuntimeError("this method needs calibration data but the study supplied none")
-        texts = ctx.calibration(n_samples, seq_len)
-        if not texts:
-            raise RuntimeError("the calibration source returned no text")
+        texts = ctx.calibration_texts(n_samples, seq_len)
         encoded = ctx.tokenizer(texts, truncation=True, max_length=seq_len)
         kwargs.update(
             dataset=Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}),

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from compress.registry import MethodParams, StepContext
+from compress.registry import Calibrated, MethodParams
 
 
 def matches(name: str, module: Any, pattern: str) -> bool:
@@ -38,6 +38,10 @@ def check_bits(bits: int, allowed: tuple[int, ...], method: str, other: str) -> 
     if bits not in allowed:
         raise ValueError(f"{method} supports bits in {list(allowed)}, not {bits}; {other}")
     return bits
+
+
+# module names, class names or 're:<regex>' patterns, each checked when the recipe is read
+Patterns = Annotated[list[str], AfterValidator(lambda patterns: [check_pattern(p) for p in patterns])]
 
 
 class LayerOverride(BaseModel):
@@ -66,16 +70,22 @@ class QuantParams(MethodParams):
     # which override fields this backend can honour; others fail validation with the fix
     override_fields: ClassVar[frozenset[str]] = frozenset({"skip"})
     override_hint: ClassVar[str] = "this backend can only skip layers (keep them in full precision)"
+    stored_bits: ClassVar[int | None] = None  # weight bits of a method without a `bits` parameter
 
-    ignore: list[str] = Field(default_factory=lambda: ["lm_head"],
-                              description="module names or 're:' patterns left unquantized")
+    def weight_bits(self) -> float | None:
+        return getattr(self, "bits", None) or self.stored_bits
+
+    def describe(self) -> str:
+        """The setting, the parameters changed from their defaults, then each per-layer override."""
+        overrides = [f"override {o.pattern}: " + ", ".join(f"{k}={v}" for k, v in o if k != "pattern"
+                                                          and v is not None and (k, v) != ("skip", False))
+                     for o in self.overrides]
+        return " ".join([super().describe(), *overrides]).strip()
+
+    ignore: Patterns = Field(default_factory=lambda: ["lm_head"],
+                             description="module names or 're:' patterns left unquantized")
     overrides: list[LayerOverride] = Field(default_factory=list,
                                            description="[{pattern: 're:.*down_proj', bits: 8}] per-layer settings")
-
-    @field_validator("ignore")
-    @classmethod
-    def _ignore(cls, v: list[str]) -> list[str]:
-        return [check_pattern(p) for p in v]
 
     @field_validator("overrides")
     @classmethod
@@ -124,18 +134,8 @@ class QuantParams(MethodParams):
         return list(self.ignore) + [o.pattern for o in self.overrides if o.skip]
 
 
-class CalibratedParams(QuantParams):
-    """Methods that run calibration data through the model; sizes default to the recipe's block."""
-
-    n_samples: int | None = Field(None, ge=1, description="calibration samples (default: recipe calibration)")
-    seq_len: int | None = Field(None, ge=8, description="calibration sequence length (default: recipe)")
-
-    def calibration_size(self, ctx: StepContext) -> tuple[int, int]:
-        recipe = ctx.extras.get("recipe")
-        block = getattr(recipe, "calibration", None)
-        n = self.n_samples or getattr(block, "n_samples", 64)
-        seq = self.seq_len or getattr(block, "seq_len", 256)
-        return n, seq
+class CalibratedParams(QuantParams, Calibrated):
+    """Quantization that runs calibration data through the model; sizes default to the recipe's block."""
 
 
 def linear_layers(model_config: Any) -> dict[str, int]:

@@ -1,16 +1,17 @@
-"""Shared by the pruning and recovery methods: which Linear layers are pruned, N:M patterns, masks that
-keep zeros at zero during fine-tuning, and measured sparsity (exact zeros of the weights that run)."""
+"""Shared by the pruning and recovery methods: which Linear layers are pruned, N:M patterns and masks that
+keep zeros at zero during fine-tuning (measured sparsity is evaluate/sparsity.py)."""
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
 
-from compress.methods._quant import check_pattern, matches
-from compress.registry import MethodParams, StepContext
+from compress.methods._llmc import linear_input_sizes
+from compress.methods._quant import Patterns, matches
+from compress.registry import Calibrated, MethodParams
+from evaluate.sparsity import dense_linears
 
 PATTERNS: dict[str, tuple[int, int] | None] = {"unstructured": None, "2:4": (2, 4), "4:8": (4, 8)}
 
@@ -20,13 +21,8 @@ class SparsityParams(MethodParams):
 
     pattern: Literal["unstructured", "2:4", "4:8"] = "unstructured"
     sparsity: float = Field(0.5, description="fraction of each layer's weights set to zero, in (0, 1)")
-    ignore: list[str] = Field(default_factory=lambda: ["re:.*lm_head"],
-                              description="module or class names, or 're:' patterns, left dense")
-
-    @field_validator("ignore")
-    @classmethod
-    def _ignore(cls, v: list[str]) -> list[str]:
-        return [check_pattern(p) for p in v]
+    ignore: Patterns = Field(default_factory=lambda: ["re:.*lm_head"],
+                             description="module or class names, or 're:' patterns, left dense")
 
     @field_validator("sparsity")
     @classmethod
@@ -44,13 +40,17 @@ class SparsityParams(MethodParams):
         nm = PATTERNS[self.pattern]
         if nm is None:
             return []
-        from compress.methods._llmc import linear_input_sizes
 
         bad = {k: n for k, n in linear_input_sizes(model_config).items() if n % nm[1]}
         if bad:
             return [("pattern", f"{self.pattern} groups {nm[1]} consecutive input weights, but the input sizes "
                      f"{bad} are not multiples of {nm[1]}; use pattern: unstructured")]
         return []
+
+    headline_fields: ClassVar[tuple[str, ...]] = ("sparsity", "pattern")
+
+    def headline(self) -> str:
+        return f"{self.sparsity:.0%}" + ("" if self.pattern == "unstructured" else f" {self.pattern}")
 
     @property
     def mask_structure(self) -> str:
@@ -59,36 +59,14 @@ class SparsityParams(MethodParams):
         return "0:0" if nm is None else f"{nm[1] - nm[0]}:{nm[1]}"
 
 
-class CalibratedSparsityParams(SparsityParams):
+class CalibratedSparsityParams(SparsityParams, Calibrated):
     """Scorers that read activations (Wanda, SparseGPT) also take a calibration size."""
-
-    n_samples: int | None = Field(None, ge=1, description="calibration texts; null: the recipe's calibration block")
-    seq_len: int | None = Field(None, ge=8, description="tokens per text; null: the recipe's calibration block")
-
-
-def calibration_size(params: SparsityParams | Any, ctx: StepContext) -> tuple[int, int]:
-    """(n_samples, seq_len): the step's own values, else the recipe's calibration block."""
-    recipe = ctx.extras.get("recipe")
-    cal = getattr(recipe, "calibration", None)
-    n = getattr(params, "n_samples", None) or (cal.n_samples if cal else 64)
-    seq = getattr(params, "seq_len", None) or (cal.seq_len if cal else 256)
-    return n, seq
 
 
 def prunable_linears(model: torch.nn.Module, ignore: list[str] | None = None) -> dict[str, torch.nn.Module]:
-    """Dense floating-point Linear layers of the decoder; the output embedding is never included."""
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    found = {}
-    for name, module in model.named_modules():
-        if module is out_emb or not isinstance(module, torch.nn.Linear) or any(matches(name, module, p)
-                                                                                for p in ignore or []):
-            continue
-        if ".lora_" in name:  # peft adapters are trained dense; they are not the pruned weights
-            continue
-        w = getattr(module, "weight", None)  # packed compressed-tensors layers hold weight_packed instead
-        if type(w) in (torch.Tensor, torch.nn.Parameter) and w.is_floating_point():
-            found[name] = module
-    return found
+    """Dense floating-point Linear layers of the decoder, minus the `ignore` patterns; never the output embedding."""
+    return {name: module for name, module in dense_linears(model).items()
+            if not any(matches(name, module, p) for p in ignore or [])}
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None) -> torch.Tensor:
@@ -120,45 +98,3 @@ def nonzero_masks(model: torch.nn.Module, min_sparsity: float = 0.0) -> dict[str
         if (1.0 - mask.float().mean().item()) > min_sparsity:
             masks[name] = mask
     return masks
-
-
-def _layer_key(name: str) -> str:
-    """'model.layers.3.mlp.up_proj' -> 'layers.3'; names outside a numbered block keep their module path."""
-    match = re.search(r"(?:^|\.)([A-Za-z_]+\.\d+)\.", name)
-    return match.group(1) if match else name
-
-
-def measure_sparsity(model: torch.nn.Module) -> tuple[float | None, dict[str, float]]:
-    """Fraction of exact zeros over the decoder's dense Linear weights, overall and per decoder layer.
-
-    Packed formats (bitsandbytes, quanto, compressed-tensors kept packed) hold no dense weight to count:
-    they give (None, {})."""
-    linears = prunable_linears(model)
-    if not linears:
-        return None, {}
-    zeros: dict[str, int] = {}
-    totals: dict[str, int] = {}
-    for name, module in linears.items():
-        key = _layer_key(name)
-        w = module.weight.detach()
-        zeros[key] = zeros.get(key, 0) + int((w == 0).sum().item())
-        totals[key] = totals.get(key, 0) + w.numel()
-    overall = sum(zeros.values()) / sum(totals.values())
-    return round(overall, 6), {k: round(zeros[k] / totals[k], 6) for k in totals}
-
-
-def detect_pattern(model: torch.nn.Module) -> str | None:
-    """'2:4' / '4:8' when every prunable weight keeps at most N of each M consecutive inputs, else None."""
-    linears = prunable_linears(model)
-    if not linears:
-        return None
-    for n, m in ((2, 4), (4, 8)):
-        ok = True
-        for module in linears.values():
-            w = module.weight.detach()
-            if w.shape[1] % m or ((w.view(w.shape[0], -1, m) != 0).sum(-1) > n).any():
-                ok = False
-                break
-        if ok:
-            return f"{n}:{m}"
-    return None

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from compress.methods._llmc import CalibratedWeightQuantParams, check_disjoint, run_calibrated
-from compress.registry import MethodSpec, StepContext, register_method
+from compress.registry import StepContext, method
 
 
 class AWQParams(CalibratedWeightQuantParams):
@@ -21,6 +21,9 @@ class AWQParams(CalibratedWeightQuantParams):
     n_grid: int = Field(20, ge=4, le=100, description="grid points of the scale search (llm-compressor needs >= 4)")
 
 
+@method("awq", "quantize", AWQParams, produces="compressed-tensors",
+        description="AWQ W4A16 (activation-aware scales, then group quantization; llm-compressor, "
+                    "compressed-tensors)")
 def apply(model: Any, params: AWQParams, ctx: StepContext) -> Any:
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform import AWQModifier
@@ -31,17 +34,3 @@ def apply(model: Any, params: AWQParams, ctx: StepContext) -> Any:
         QuantizationModifier(config_groups=params.config_groups(), ignore=params.ignore_list()),
     ]
     return run_calibrated(model, modifiers, params, ctx)
-
-
-register_method(
-    MethodSpec(
-        name="awq",
-        description="AWQ W4A16 (activation-aware scales, then group quantization; llm-compressor, "
-                    "compressed-tensors)",
-        kind="quantize",
-        params=AWQParams,
-        apply=apply,
-        produces="compressed-tensors",
-        finalizes=True,
-    )
-)

@@ -6,10 +6,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from compress.methods._checkpoint import reload_quantized
 from compress.methods._quant import QuantParams, check_bits
-from compress.methods.bnb_int8 import bnb_skip_modules, reload_with_bnb
-from compress.models import torch_dtype
-from compress.registry import MethodSpec, StepContext, register_method
+from compress.methods.bnb_int8 import bnb_skip_modules
+from compress.registry import StepContext, method
+from evaluate.models import torch_dtype
 
 
 class Bnb4bitParams(QuantParams):
@@ -20,12 +21,19 @@ class Bnb4bitParams(QuantParams):
     double_quant: bool = Field(True, description="quantize the absmax scales too (~0.37 bits/param saved)")
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
+    headline_fields = ("bits", "quant_type", "double_quant")
+
+    def headline(self) -> str:
+        return f"quant_type={self.quant_type} double_quant={self.double_quant}"
+
     @field_validator("bits")
     @classmethod
     def _bits(cls, v: int) -> int:
         return check_bits(v, (4,), "bnb_4bit", "use bnb_int8 for 8 bits, or gptq/rtn for other widths")
 
 
+@method("bnb_4bit", "quantize", Bnb4bitParams, produces="bnb",
+        description="bitsandbytes 4-bit weights (nf4 or fp4, double quantization, compute dtype)")
 def apply(model: Any, params: Bnb4bitParams, ctx: StepContext) -> Any:
     from transformers import BitsAndBytesConfig
 
@@ -36,17 +44,4 @@ def apply(model: Any, params: Bnb4bitParams, ctx: StepContext) -> Any:
         bnb_4bit_compute_dtype=torch_dtype(params.compute_dtype),
         llm_int8_skip_modules=bnb_skip_modules(params),
     )
-    return reload_with_bnb(model, ctx, config)
-
-
-register_method(
-    MethodSpec(
-        name="bnb_4bit",
-        description="bitsandbytes 4-bit weights (nf4 or fp4, double quantization, compute dtype)",
-        kind="quantize",
-        params=Bnb4bitParams,
-        apply=apply,
-        produces="bnb",
-        finalizes=True,
-    )
-)
+    return reload_quantized(model, ctx, config)

@@ -6,10 +6,9 @@ from typing import Any
 
 from pydantic import Field
 
-from compress.methods._checkpoint import dense_checkpoint
+from compress.methods._checkpoint import reload_quantized
 from compress.methods._quant import QuantParams
-from compress.models import load_model
-from compress.registry import MethodSpec, StepContext, register_method
+from compress.registry import StepContext, method
 
 
 def bnb_skip_modules(params: QuantParams) -> list[str]:
@@ -18,19 +17,20 @@ def bnb_skip_modules(params: QuantParams) -> list[str]:
     return [p[3:] if p.startswith("re:") else p for p in params.skipped_patterns()]
 
 
-def reload_with_bnb(model: Any, ctx: StepContext, config: Any) -> Any:
-    """bitsandbytes quantizes while transformers loads: write the current weights as a dense checkpoint and
-    load them back through `config` (a BitsAndBytesConfig)."""
-    source = dense_checkpoint(model, ctx)
-    return load_model(str(source), ctx.dtype, ctx.device, ctx.trust_remote_code, quantization_config=config)
-
-
 class BnbInt8Params(QuantParams):
     override_hint = "bitsandbytes quantizes every layer alike; use skip: true, or gptq/rtn for mixed widths"
 
     threshold: float = Field(6.0, ge=0, description="outlier threshold; 0 disables the fp16 outlier path")
 
+    stored_bits = 8
+    headline_fields = ("threshold",)
 
+    def headline(self) -> str:
+        return f"threshold={self.threshold}"
+
+
+@method("bnb_int8", "quantize", BnbInt8Params, produces="bnb",
+        description="bitsandbytes LLM.int8 weights (outlier threshold), runs on CPU and CUDA")
 def apply(model: Any, params: BnbInt8Params, ctx: StepContext) -> Any:
     from transformers import BitsAndBytesConfig
 
@@ -39,17 +39,4 @@ def apply(model: Any, params: BnbInt8Params, ctx: StepContext) -> Any:
         llm_int8_threshold=params.threshold,
         llm_int8_skip_modules=bnb_skip_modules(params),
     )
-    return reload_with_bnb(model, ctx, config)
-
-
-register_method(
-    MethodSpec(
-        name="bnb_int8",
-        description="bitsandbytes LLM.int8 weights (outlier threshold), runs on CPU and CUDA",
-        kind="quantize",
-        params=BnbInt8Params,
-        apply=apply,
-        produces="bnb",
-        finalizes=True,
-    )
-)
+    return reload_quantized(model, ctx, config)  # bitsandbytes quantizes while transformers loads

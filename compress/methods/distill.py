@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
+from compress.calibration import synthetic_pairs
 from compress.methods._calib import model_device
 from compress.methods._sparsity import nonzero_masks, prunable_linears
-from compress.registry import MethodParams, MethodSpec, StepContext, register_method
+from compress.registry import MethodParams, MethodSpec, StepContext, method
+from evaluate.models import load_model, resolve_model_source
 
 log = logging.getLogger("slimlab")
 QLORA_FORMATS = ("bnb",)  # quantized bases peft can train LoRA adapters on, by MethodSpec.produces
@@ -60,11 +62,13 @@ class DistillParams(MethodParams):
     def uses_calibration(self) -> bool:
         return self.data == "calibration"
 
+    def describe(self) -> str:
+        return f"{self.steps} steps, " + (f"LoRA r{self.lora_r}" if self.lora else "full fine-tuning")
+
     @field_validator("teacher")
     @classmethod
     def _teacher(cls, v: str | None) -> str | None:
         if v is not None:
-            from compress.models import resolve_model_source
 
             resolve_model_source(v)  # raises ModelSourceError with the fix
         return v
@@ -96,7 +100,6 @@ def _is_quantized(model: Any) -> bool:
 
 
 def load_teacher(params: DistillParams, ctx: StepContext) -> Any:
-    from compress.models import load_model, resolve_model_source
 
     location = ctx.source_dir if params.teacher is None else resolve_model_source(params.teacher).materialize().location
     teacher = load_model(str(location), "float32", ctx.device, ctx.trust_remote_code)
@@ -109,15 +112,12 @@ def training_pairs(params: DistillParams, ctx: StepContext) -> list[tuple[str, s
     completion only when completion_only is set, else the whole text (prompt "")."""
     eos = ctx.tokenizer.eos_token or ""
     if params.data == "synthetic":
-        from compress.calibration import synthetic_pairs
 
         pairs = synthetic_pairs(params.n_samples, ctx.seed)
         if not params.completion_only:
             pairs = [("", p + a) for p, a in pairs]
     else:
-        if ctx.calibration is None:
-            raise RuntimeError("distill data: calibration, but the study supplied no calibration source")
-        pairs = [("", t) for t in ctx.calibration(params.n_samples, params.seq_len)]
+        pairs = [("", t) for t in ctx.calibration_texts(params.n_samples, params.seq_len)]
     return [(p, a + eos) for p, a in pairs]
 
 
@@ -209,6 +209,9 @@ def _batches(tokenizer: Any, pairs: list[tuple[str, str]], params: DistillParams
         yield encode(tokenizer, chunk, params.seq_len, device)
 
 
+@method("distill", "train", DistillParams,
+        description="knowledge distillation from the FP baseline (KL on logits, optional CE / hidden MSE); "
+                    "full fine-tuning or LoRA; keeps sparsity masks; QLoRA after bitsandbytes quantization")
 def apply(model: Any, params: DistillParams, ctx: StepContext) -> Any:
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
@@ -286,15 +289,3 @@ def _reapply(linears: dict[str, Any], masks: dict[str, torch.Tensor]) -> None:
     for name, mask in masks.items():
         if name in linears:
             linears[name].weight.mul_(mask.to(linears[name].weight.dtype))
-
-
-register_method(
-    MethodSpec(
-        name="distill",
-        description="knowledge distillation from the FP baseline (KL on logits, optional CE / hidden MSE); "
-                    "full fine-tuning or LoRA; keeps sparsity masks; QLoRA after bitsandbytes quantization",
-        kind="train",
-        params=DistillParams,
-        apply=apply,
-    )
-)

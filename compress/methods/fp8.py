@@ -12,17 +12,26 @@ from pydantic import Field
 
 from compress.methods._llmc import fp8_unavailable, run_calibrated, run_oneshot
 from compress.methods._quant import CalibratedParams
-from compress.registry import MethodSpec, StepContext, register_method
+from compress.registry import StepContext, method
 
 
 class FP8Params(CalibratedParams):
     activations: Literal["dynamic", "static"] = Field(
         "dynamic", description="dynamic: per-token scales at run time; static: per-tensor scales from calibration")
 
+    stored_bits = 8
+    headline_fields = ("activations",)
+
+    def headline(self) -> str:
+        return f"activations={self.activations}"
+
     def uses_calibration(self) -> bool:
         return self.activations == "static"
 
 
+@method("fp8", "quantize", FP8Params, produces="compressed-tensors", unavailable=fp8_unavailable,
+        description="FP8 e4m3 weights + dynamic (per-token) or static activation scales (llm-compressor, "
+                    "compressed-tensors); emulated where there is no FP8 matmul")
 def apply(model: Any, params: FP8Params, ctx: StepContext) -> Any:
     from llmcompressor.modifiers.quantization import QuantizationModifier
 
@@ -31,18 +40,3 @@ def apply(model: Any, params: FP8Params, ctx: StepContext) -> Any:
     if params.activations == "dynamic":
         return run_oneshot(model, [modifier], ctx, calibrate=False)
     return run_calibrated(model, [modifier], params, ctx)
-
-
-register_method(
-    MethodSpec(
-        name="fp8",
-        description="FP8 e4m3 weights + dynamic (per-token) or static activation scales (llm-compressor, "
-                    "compressed-tensors); emulated where there is no FP8 matmul",
-        kind="quantize",
-        params=FP8Params,
-        apply=apply,
-        produces="compressed-tensors",
-        finalizes=True,
-        unavailable=fp8_unavailable,
-    )
-)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from compress.methods._llmc import CalibratedWeightQuantParams, check_disjoint, run_calibrated
-from compress.registry import MethodSpec, StepContext, register_method
+from compress.registry import StepContext, method
 
 
 class GPTQParams(CalibratedWeightQuantParams):
@@ -19,6 +19,8 @@ class GPTQParams(CalibratedWeightQuantParams):
     block_size: int = Field(128, ge=1, description="columns quantized per pass")
 
 
+@method("gptq", "quantize", GPTQParams, produces="compressed-tensors",
+        description="GPTQ W4A16/W8A16 (group size, act-order, dampening; llm-compressor, compressed-tensors)")
 def apply(model: Any, params: GPTQParams, ctx: StepContext) -> Any:
     from llmcompressor.modifiers.gptq import GPTQModifier
 
@@ -31,16 +33,3 @@ def apply(model: Any, params: GPTQParams, ctx: StepContext) -> Any:
         block_size=params.block_size,
     )
     return run_calibrated(model, [modifier], params, ctx)
-
-
-register_method(
-    MethodSpec(
-        name="gptq",
-        description="GPTQ W4A16/W8A16 (group size, act-order, dampening; llm-compressor, compressed-tensors)",
-        kind="quantize",
-        params=GPTQParams,
-        apply=apply,
-        produces="compressed-tensors",
-        finalizes=True,
-    )
-)

@@ -8,9 +8,11 @@ from typing import Any
 import torch
 
 from compress.methods._sparsity import PATTERNS, SparsityParams, magnitude_mask, prunable_linears
-from compress.registry import MethodSpec, StepContext, register_method
+from compress.registry import StepContext, method
 
 
+@method("magnitude", "prune", SparsityParams,
+        description="magnitude pruning, unstructured or 2:4/4:8 (dense weights with zeros; no calibration)")
 @torch.no_grad()
 def apply(model: Any, params: SparsityParams, ctx: StepContext) -> Any:
     nm = PATTERNS[params.pattern]
@@ -20,14 +22,3 @@ def apply(model: Any, params: SparsityParams, ctx: StepContext) -> Any:
     for module in linears.values():
         module.weight.mul_(magnitude_mask(module.weight, params.sparsity, nm).to(module.weight.dtype))
     return model
-
-
-register_method(
-    MethodSpec(
-        name="magnitude",
-        description="magnitude pruning, unstructured or 2:4/4:8 (dense weights with zeros; no calibration)",
-        kind="prune",
-        params=SparsityParams,
-        apply=apply,
-    )
-)

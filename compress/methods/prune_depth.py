@@ -13,19 +13,22 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from compress.methods._calib import decoder_layers, run_calibration
-from compress.methods._sparsity import calibration_size
-from compress.registry import MethodParams, MethodSpec, StepContext, register_method
+from compress.registry import Calibrated, StepContext, method
 
 log = logging.getLogger("slimlab")
 
 
-class DepthParams(MethodParams):
+class DepthParams(Calibrated):
     n_layers: int | None = Field(None, ge=1, description="drop this many layers (lowest block influence)")
     ratio: float | None = Field(None, description="drop round(ratio x layers) layers, ratio in (0, 1)")
     layers: list[int] | None = Field(None, description="explicit 0-based indices of the layers to drop")
-    n_samples: int | None = Field(None, ge=1, description="calibration texts; null: the recipe's calibration block")
-    seq_len: int | None = Field(None, ge=8)
     batch_size: int = Field(8, ge=1)
+
+    def describe(self) -> str:
+        """'-N layers', '-25% of layers' or '-1 layers [1]'; the pruning table adds 'of M' from the models."""
+        if self.layers is not None:
+            return f"-{len(self.layers)} layers {self.layers}"
+        return f"-{self.n_layers} layers" if self.n_layers is not None else f"-{self.ratio:.0%} of layers"
 
     @field_validator("ratio")
     @classmethod
@@ -100,7 +103,7 @@ def block_influence(model: Any, ctx: StepContext, params: DepthParams) -> list[f
         state["mask"] = mask.float()
         count[0] += int(mask.sum())
 
-    n, seq_len = calibration_size(params, ctx)
+    n, seq_len = params.calibration_size(ctx)
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     run_calibration(model, ctx, n, seq_len, params.batch_size, on_batch, hooks=handles)
     return [1.0 - s / max(count[0], 1) for s in sums]
@@ -127,6 +130,8 @@ def drop_layers(model: Any, drop: list[int]) -> Any:
     return model
 
 
+@method("prune_depth", "prune", DepthParams,
+        description="drop whole decoder layers by block influence (angular distance) or explicit indices")
 def apply(model: Any, params: DepthParams, ctx: StepContext) -> Any:
     total = len(decoder_layers(model))
     problems = params.check_model(model.config)
@@ -140,14 +145,3 @@ def apply(model: Any, params: DepthParams, ctx: StepContext) -> Any:
         drop = sorted(order[: params.n_drop(total)])
         log.info("block influence per layer: %s; dropping %s", [round(s, 4) for s in scores], drop)
     return drop_layers(model, drop)
-
-
-register_method(
-    MethodSpec(
-        name="prune_depth",
-        description="drop whole decoder layers by block influence (angular distance) or explicit indices",
-        kind="prune",
-        params=DepthParams,
-        apply=apply,
-    )
-)

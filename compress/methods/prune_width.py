@@ -15,19 +15,20 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from compress.methods._calib import decoder_layers, run_calibration
-from compress.methods._sparsity import calibration_size
-from compress.registry import MethodParams, MethodSpec, StepContext, register_method
+from compress.registry import Calibrated, StepContext, method
 
 log = logging.getLogger("slimlab")
 
 
-class WidthParams(MethodParams):
+class WidthParams(Calibrated):
     heads: int = Field(0, ge=0, description="query heads removed per layer, a whole number of KV groups")
     mlp_ratio: float = Field(0.0, description="fraction of MLP intermediate channels removed, in [0, 1)")
     round_to: int = Field(8, ge=1, description="kept MLP channels rounded to a multiple of this (kernel-friendly)")
-    n_samples: int | None = Field(None, ge=1, description="calibration texts; null: the recipe's calibration block")
-    seq_len: int | None = Field(None, ge=8)
     batch_size: int = Field(8, ge=1)
+
+    def describe(self) -> str:
+        return ", ".join([*([f"-{self.heads} heads/layer"] if self.heads else []),
+                          *([f"-{self.mlp_ratio:.0%} MLP"] if self.mlp_ratio else [])])
 
     @field_validator("mlp_ratio")
     @classmethod
@@ -112,7 +113,7 @@ def importance(model: Any, ctx: StepContext, params: WidthParams, head_dim: int)
     def on_batch(mask: torch.Tensor) -> None:
         state["mask"] = mask
 
-    n, seq_len = calibration_size(params, ctx)
+    n, seq_len = params.calibration_size(ctx)
     handles = []
     for i, layer in enumerate(layers):
         attn, mlp = _attn_mlp(layer)
@@ -164,6 +165,9 @@ def prune_layer(layer: Any, keep_groups: list[int] | None, group: int, head_dim:
             mlp.intermediate_size = len(keep_channels)
 
 
+@method("prune_width", "prune", WidthParams,
+        description="remove attention heads (whole KV groups) and MLP channels by activation importance; "
+                    "rewrites the config (a smaller dense model)")
 def apply(model: Any, params: WidthParams, ctx: StepContext) -> Any:
     config = model.config
     problems = params.check_model(config)
@@ -194,15 +198,3 @@ def apply(model: Any, params: WidthParams, ctx: StepContext) -> Any:
     if kept_channels is not None:
         config.intermediate_size = kept_channels
     return model
-
-
-register_method(
-    MethodSpec(
-        name="prune_width",
-        description="remove attention heads (whole KV groups) and MLP channels by activation importance; "
-                    "rewrites the config (a smaller dense model)",
-        kind="prune",
-        params=WidthParams,
-        apply=apply,
-    )
-)

@@ -11,15 +11,24 @@ from pydantic import Field
 
 from compress.methods._llmc import check_disjoint, run_calibrated
 from compress.methods._quant import CalibratedParams
-from compress.registry import MethodSpec, StepContext, register_method
+from compress.registry import StepContext, method
 
 
 class SmoothQuantParams(CalibratedParams):
     smoothing_strength: float = Field(0.8, gt=0, lt=1, description="alpha: share of the outliers moved to weights")
+
+    stored_bits = 8
+    headline_fields = ("smoothing_strength",)
+
+    def headline(self) -> str:
+        return f"smoothing_strength={self.smoothing_strength}"
     weights: Literal["gptq", "rtn"] = Field("gptq", description="how the int8 weights are chosen")
     dampening_frac: float = Field(0.01, gt=0, lt=1, description="GPTQ Hessian dampening (weights: gptq)")
 
 
+@method("smoothquant_w8a8", "quantize", SmoothQuantParams, produces="compressed-tensors",
+        description="SmoothQuant (smoothing strength) + INT8 weights and dynamic per-token INT8 activations "
+                    "(llm-compressor, compressed-tensors); int8 matmul emulated on CPU")
 def apply(model: Any, params: SmoothQuantParams, ctx: StepContext) -> Any:
     from llmcompressor.modifiers.gptq import GPTQModifier
     from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -31,17 +40,3 @@ def apply(model: Any, params: SmoothQuantParams, ctx: StepContext) -> Any:
              else QuantizationModifier(**common))
     return run_calibrated(model, [SmoothQuantModifier(smoothing_strength=params.smoothing_strength), quant],
                           params, ctx)
-
-
-register_method(
-    MethodSpec(
-        name="smoothquant_w8a8",
-        description="SmoothQuant (smoothing strength) + INT8 weights and dynamic per-token INT8 activations "
-                    "(llm-compressor, compressed-tensors); int8 matmul emulated on CPU",
-        kind="quantize",
-        params=SmoothQuantParams,
-        apply=apply,
-        produces="compressed-tensors",
-        finalizes=True,
-    )
-)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from evaluate.registry import Registry
+
 AnswerType = Literal["number", "list", "letter", "text", "math"]  # math: a LaTeX expression (MATH)
 
 
@@ -48,16 +50,17 @@ class TaskSpec:
     # None = k seeded shots drawn once from the task's train split and shared by every item
     exemplars: Callable[[Item, int, str | None], list[Item]] | None = None
     needs_data_dir: str = ""  # non-empty: the task reads local files; the message says what data_dir must hold
+    dataset: Any = None  # a sources.DatasetSpec: where the items and exemplars come from (hub, data_dir, packaged)
+    scorer: str | None = None  # the registered Scorer that reads and judges an output; None: `answer_type`'s
+    # cell-level metrics beyond accuracy (e.g. MR-Score from its parts): (samples, items) -> {CellMetrics field: v}
+    cell_metrics: Callable[[list[dict], list[Item]], dict[str, Any]] | None = None
     # True: no generation; `load` gives one corpus item that the harness cuts into token windows, scored by
     # their log-likelihood (perplexity) and against the FP model (evaluate/fidelity.py); lower is better
     windows: bool = False
 
 
-TASKS: dict[str, TaskSpec] = {}
+TASKS: Registry[TaskSpec] = Registry("task", "evaluate.tasks")
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
-    if spec.name in TASKS:
-        raise ValueError(f"task {spec.name!r} is registered twice")
-    TASKS[spec.name] = spec
-    return spec
+    return TASKS.register(spec.name, spec)

@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 from evaluate.parsing import normalize_number
-from evaluate.tasks._hf import item_id, load_items
 from evaluate.tasks.base import Item, TaskSpec, register_task
+from evaluate.tasks.sources import GSM8K_FIELDS, GSM8K_TRAIN, DatasetSpec, Source, item_id, load_items
 
 GSM8K_DEFINITION = (
     "Solve the math word problem step by step and finish with 'The answer is' and the number."
@@ -39,9 +39,13 @@ def gsm8k_item(task: str, row: dict) -> Item | None:
                 target=worked_solution(row["answer"], gold), meta={})
 
 
+GSM8K = DatasetSpec("gsm8k", {"test": Source("openai/gsm8k", ("main",), "test", GSM8K_FIELDS, "gsm8k/test.jsonl"),
+                              "train": GSM8K_TRAIN})
+
+
 def load_gsm8k(n: int, seed: int, split: str = "test", data_dir: str | Path | None = None) -> list[Item]:
     """``n`` GSM8K problems of ``split`` (test: evaluation, train: exemplars)."""
-    return load_items("gsm8k", lambda row, _split: gsm8k_item("gsm8k", row), n, seed, split, data_dir)
+    return load_items(GSM8K, lambda row, _split: gsm8k_item("gsm8k", row), n, seed, split, data_dir)
 
 
 register_task(
@@ -55,6 +59,6 @@ register_task(
         max_new_tokens=256,
         max_new_tokens_free=512,  # real chains of thought (lm-eval's gsm8k allows 256; small models ramble)
         family="math",
-        offline=False,
+        dataset=GSM8K,
     )
 )

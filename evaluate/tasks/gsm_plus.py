@@ -13,12 +13,10 @@ k-shot exemplars come from GSM8K's train split: ``train.jsonl`` with GSM8K's fie
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from evaluate.parsing import NO_ANSWER, normalize_number
-from evaluate.tasks._hf import item_id, load_items
 from evaluate.tasks.base import Item, TaskSpec, register_task
 from evaluate.tasks.gsm8k import GSM8K_DEFINITION, gsm8k_item, worked_solution
+from evaluate.tasks.sources import GSM8K_TRAIN, DatasetSpec, Source, item_id, items_loader
 
 GSM_PLUS_DEFINITION = GSM8K_DEFINITION + " If the problem lacks information needed to answer, say 'The answer is None.'"
 
@@ -35,30 +33,37 @@ def gsm_plus_item(task: str, row: dict) -> Item | None:
                 target=worked_solution(row["solution"], gold), meta=meta)
 
 
-def _loader(task: str):
+GSM_PLUS_FIELDS = ("question", "solution", "answer", "perturbation_type", "seed_question")
+
+
+def _dataset(task: str, split: str) -> DatasetSpec:
+    """GSM-Plus has no train split: k-shot exemplars come from GSM8K's."""
+    return DatasetSpec(task, {"test": Source("qintongli/GSM-Plus", (None,), split, GSM_PLUS_FIELDS),
+                              "train": GSM8K_TRAIN})
+
+
+def _loader(task: str, dataset: DatasetSpec):
     def convert(row: dict, split: str) -> Item | None:
         return gsm8k_item(task, row) if split == "train" else gsm_plus_item(task, row)
 
-    def load(n: int, seed: int, split: str = "test", data_dir: str | Path | None = None) -> list[Item]:
-        """``n`` GSM-Plus items (test) or GSM8K train problems (exemplars)."""
-        return load_items(task, convert, n, seed, split, data_dir)
-
-    return load
+    return items_loader(dataset, convert)
 
 
 for _name, _split, _size in (("gsm_plus", "test", "10,552"), ("gsm_plus_mini", "testmini", "2,400")):
+    _data = _dataset(_name, _split)
     register_task(
         TaskSpec(
             name=_name,
             description=f"GSM-Plus perturbed GSM8K (qintongli/GSM-Plus {_split}; {_size} items), accuracy per "
                         f"perturbation type. data_dir: {_split}.jsonl.",
             answer_type="number",
-            load=_loader(_name),
+            load=_loader(_name, _data),
             definition=GSM_PLUS_DEFINITION,
             max_new_tokens=256,
             max_new_tokens_free=512,
             family="math",
             offline=False,
             breakdown=("perturbation",),
+            dataset=_data,
         )
     )

@@ -19,12 +19,20 @@ Local files (``data_dir``), fields exactly as on the hub:
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from evaluate.parsing import last_boxed
-from evaluate.tasks._hf import item_id, load_items
 from evaluate.tasks.base import Item, TaskSpec, register_task
-from evaluate.tasks.multiple_choice import LETTERS, MC_DEFINITION, mc_item
+from evaluate.tasks.multiple_choice import LETTERS, mc_item, register_mc_task
+from evaluate.tasks.sources import (
+    MATH_CONFIGS,
+    MATH_FIELDS,
+    MATH_TRAIN,
+    DatasetSpec,
+    Source,
+    item_id,
+    items_loader,
+    same_splits,
+)
 
 MATH_DEFINITION = "Solve the math problem step by step and put the final answer in \\boxed{}."
 
@@ -95,12 +103,17 @@ def _mathqa(row: dict, _split: str) -> Item | None:
     return Item(item.id, item.question, item.gold, f"{rationale} The answer is {letter}.", item.choices, item.meta)
 
 
-def _loader(task: str, convert):
-    def load(n: int, seed: int, split: str = "test", data_dir: str | Path | None = None) -> list[Item]:
-        """``n`` items of ``split`` (test: evaluation, train: exemplars)."""
-        return load_items(task, convert, n, seed, split, data_dir)
+MATH = DatasetSpec("math", {"test": Source("EleutherAI/hendrycks_math", MATH_CONFIGS, "test", MATH_FIELDS),
+                            "train": MATH_TRAIN})
+MATH500 = DatasetSpec("math500", {  # MATH-500 is test only: exemplars come from MATH's train split
+    "test": Source("HuggingFaceH4/MATH-500", (None,), "test", ("problem", "solution", "answer", "subject", "level"),
+                   "math500/test.jsonl"),
+    "train": MATH_TRAIN})
+# allenai/math_qa is a loading-script dataset that datasets>=4 refuses; swiss-ai/math_qa is its parquet copy with the
+# same fields (what lm-evaluation-harness loads now)
+MATHQA = DatasetSpec("mathqa", same_splits("swiss-ai/math_qa", None, ("Problem", "Rationale", "options", "correct")))
 
-    return load
+
 
 
 register_task(
@@ -109,13 +122,14 @@ register_task(
         description="MATH competition problems (EleutherAI/hendrycks_math, 5,000 test), LaTeX answer in "
                     "\\boxed{}. data_dir: test.jsonl.",
         answer_type="math",
-        load=_loader("math", _hendrycks("math")),
+        load=items_loader(MATH, _hendrycks("math")),
         definition=MATH_DEFINITION,
         max_new_tokens=512,
         max_new_tokens_free=1024,  # competition solutions run longer than GSM8K's
         family="math",
         offline=False,
         breakdown=("level", "type"),
+        dataset=MATH,
     )
 )
 register_task(
@@ -123,25 +137,14 @@ register_task(
         name="math500",
         description="MATH-500 (HuggingFaceH4/MATH-500), the 500-problem MATH test subset. data_dir: test.jsonl.",
         answer_type="math",
-        load=_loader("math500", _math500),
+        load=items_loader(MATH500, _math500),
         definition=MATH_DEFINITION,
         max_new_tokens=512,
         max_new_tokens_free=1024,  # competition solutions run longer than GSM8K's
         family="math",
-        offline=False,
         breakdown=("level", "type"),
+        dataset=MATH500,
     )
 )
-register_task(
-    TaskSpec(
-        name="mathqa",
-        description="MathQA GRE/GMAT-style word problems (allenai/math_qa test, via swiss-ai/math_qa), five "
-                    "lettered options. data_dir: test.jsonl.",
-        answer_type="letter",
-        load=_loader("mathqa", _mathqa),
-        definition=MC_DEFINITION,
-        max_new_tokens=8,
-        family="math",
-        offline=False,
-    )
-)
+register_mc_task("mathqa", "MathQA GRE/GMAT-style word problems (allenai/math_qa test, via swiss-ai/math_qa), five "
+                 "lettered options.", MATHQA, _mathqa, family="math")

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 
-from evaluate.tasks._hf import expected_file, item_id, load_items
 from evaluate.tasks.base import Item, TaskSpec, register_task
+from evaluate.tasks.sources import DatasetSpec, expected_file, item_id, items_loader, same_splits
 
 LETTERS = "ABCDEFGHIJ"
 MC_DEFINITION = "Answer the multiple-choice question with the letter of the correct option."
@@ -93,37 +92,36 @@ def _hellaswag(row: dict, _split: str) -> Item | None:
                    {"source_id": str(row.get("ind", "")), "activity": row["activity_label"]})
 
 
-def _loader(task: str, convert: Callable[[dict, str], Item | None]) -> Callable[..., list[Item]]:
-    def load(n: int, seed: int, split: str = "test", data_dir: str | Path | None = None) -> list[Item]:
-        """``n`` multiple-choice items of ``split`` (test: evaluation, train: exemplars)."""
-        return load_items(task, convert, n, seed, split, data_dir)
-
-    return load
 
 
-_TASKS: tuple[tuple[str, str, Callable[[dict, str], Item | None]], ...] = (
+_ARC = ("id", "question", "choices", "answerKey")
+# Splits without labels on the hub (CommonsenseQA and HellaSwag test) are not used: their items come from validation
+_TASKS: tuple[tuple[str, str, DatasetSpec, Callable[[dict, str], Item | None]], ...] = (
     ("arc_easy", "ARC-Easy grade-school science (allenai/ai2_arc ARC-Easy test), 3-5 options.",
-     _labelled("arc_easy", "question")),
+     DatasetSpec("arc_easy", same_splits("allenai/ai2_arc", "ARC-Easy", _ARC)), _labelled("arc_easy", "question")),
     ("arc_challenge", "ARC-Challenge grade-school science (allenai/ai2_arc ARC-Challenge test), 3-5 options.",
+     DatasetSpec("arc_challenge", same_splits("allenai/ai2_arc", "ARC-Challenge", _ARC)),
      _labelled("arc_challenge", "question")),
     ("commonsense_qa", "CommonsenseQA (tau/commonsense_qa validation), 5 options.",
+     DatasetSpec("commonsense_qa", same_splits("tau/commonsense_qa", None, _ARC, test="validation")),
      _labelled("commonsense_qa", "question")),
     ("openbookqa", "OpenBookQA elementary science (allenai/openbookqa main test), 4 options.",
+     DatasetSpec("openbookqa", same_splits("allenai/openbookqa", "main",
+                                           ("id", "question_stem", "choices", "answerKey"))),
      _labelled("openbookqa", "question_stem")),
     ("hellaswag", "HellaSwag commonsense sentence completion (Rowan/hellaswag validation), 4 endings.",
+     DatasetSpec("hellaswag", same_splits("Rowan/hellaswag", None,
+                                          ("activity_label", "ctx_a", "ctx_b", "endings", "label"), test="validation")),
      _hellaswag),
 )
 
-for _name, _description, _convert in _TASKS:
-    register_task(
-        TaskSpec(
-            name=_name,
-            description=f"{_description} data_dir: {expected_file(_name)}.",
-            answer_type="letter",
-            load=_loader(_name, _convert),
-            definition=MC_DEFINITION,
-            max_new_tokens=8,
-            family="multiple_choice",
-            offline=False,
-        )
-    )
+def register_mc_task(name: str, description: str, dataset: DatasetSpec, convert: Callable[[dict, str], Item | None],
+                     family: str = "multiple_choice") -> TaskSpec:
+    """A hub dataset of lettered options: generated letter scored, option log-likelihoods scored too."""
+    return register_task(TaskSpec(name=name, description=f"{description} data_dir: {expected_file(dataset)}.",
+                                  answer_type="letter", load=items_loader(dataset, convert), definition=MC_DEFINITION,
+                                  max_new_tokens=8, family=family, offline=False, dataset=dataset))
+
+
+for _name, _description, _dataset, _convert in _TASKS:
+    register_mc_task(_name, _description, _dataset, _convert)

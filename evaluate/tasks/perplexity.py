@@ -20,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from evaluate.tasks._hf import PACKAGED_ROOT
 from evaluate.tasks.base import Item, TaskSpec, register_task
+from evaluate.tasks.sources import PACKAGED_ROOT
 
 WIKITEXT2_TEST = PACKAGED_ROOT / "wikitext2" / "test.txt"
 DEFAULT_MAX_SEQ_LEN = 2048

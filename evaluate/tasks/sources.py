@@ -1,8 +1,7 @@
 """Rows of a public dataset, from the Hugging Face hub or from local files with the same fields.
 
-One table (``DATASETS``) says, per task, where its evaluation items and its k-shot exemplars come
-from: hub id, config(s), hub split, and the fields every row must have.  The task files only turn a
-row into an :class:`Item`.
+Each task's own file says, in a DatasetSpec, where its evaluation items and its k-shot exemplars come
+from: hub id, config(s), hub split, and the fields every row must have; this module reads them.
 
 Offline use: put the rows in ``data_dir`` (the recipe's ``tasks[i].data_dir``), one file per hub
 split, named after that split and holding the hub's own fields, e.g. for ``gsm8k``::
@@ -59,98 +58,76 @@ class DatasetSpec:
     splits: dict[str, Source]
 
 
-_GSM8K_FIELDS = ("question", "answer")
-_MATH_CONFIGS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-                 "prealgebra", "precalculus")
-_MATH_FIELDS = ("problem", "solution", "level", "type")
-_ARC_FIELDS = ("id", "question", "choices", "answerKey")
-_GSM_PLUS_FIELDS = ("question", "solution", "answer", "perturbation_type", "seed_question")
-_MATHQA_FIELDS = ("Problem", "Rationale", "options", "correct")
-_HELLASWAG_FIELDS = ("activity_label", "ctx_a", "ctx_b", "endings", "label")
-
-
 PACKAGED_ROOT = Path(__file__).resolve().parent.parent / "data"
 
 
-def _same(hf_id: str, config: str | None, fields: tuple[str, ...], test: str = "test",
-          train: str = "train") -> dict[str, Source]:
+def same_splits(hf_id: str, config: str | None, fields: tuple[str, ...], test: str = "test",
+                train: str = "train") -> dict[str, Source]:
+    """test and train from the same hub dataset and config (most tasks)."""
     return {"test": Source(hf_id, (config,), test, fields), "train": Source(hf_id, (config,), train, fields)}
 
 
-_GSM8K_TRAIN = Source("openai/gsm8k", ("main",), "train", ("question", "answer"), "gsm8k/train.jsonl")
-
-
-# The one place that maps tasks to hub datasets.  Splits without labels on the hub (CommonsenseQA and
-# HellaSwag test) are not used: their evaluation items come from "validation".
-DATASETS: dict[str, DatasetSpec] = {
-    "gsm8k": DatasetSpec("gsm8k", {
-        "test": Source("openai/gsm8k", ("main",), "test", _GSM8K_FIELDS, "gsm8k/test.jsonl"),
-        "train": _GSM8K_TRAIN,
-    }),
-    "gsm_plus": DatasetSpec("gsm_plus", {
-        "test": Source("qintongli/GSM-Plus", (None,), "test", _GSM_PLUS_FIELDS),
-        "train": _GSM8K_TRAIN,  # GSM-Plus has no train split
-    }),
-    "gsm_plus_mini": DatasetSpec("gsm_plus_mini", {
-        "test": Source("qintongli/GSM-Plus", (None,), "testmini", _GSM_PLUS_FIELDS),
-        "train": _GSM8K_TRAIN,
-    }),
-    "math": DatasetSpec("math", {
-        "test": Source("EleutherAI/hendrycks_math", _MATH_CONFIGS, "test", _MATH_FIELDS),
-        "train": Source("EleutherAI/hendrycks_math", _MATH_CONFIGS, "train", _MATH_FIELDS),
-    }),
-    "math500": DatasetSpec("math500", {
-        "test": Source("HuggingFaceH4/MATH-500", (None,), "test", ("problem", "solution", "answer", "subject",
-                                                                 "level"), "math500/test.jsonl"),
-        "train": Source("EleutherAI/hendrycks_math", _MATH_CONFIGS, "train", _MATH_FIELDS),  # MATH-500 is test only
-    }),
-    # allenai/math_qa is a loading-script dataset that datasets>=4 refuses; swiss-ai/math_qa is its parquet
-    # copy with the same fields (what lm-evaluation-harness loads now)
-    "mathqa": DatasetSpec("mathqa", _same("swiss-ai/math_qa", None, _MATHQA_FIELDS)),
-    "arc_easy": DatasetSpec("arc_easy", _same("allenai/ai2_arc", "ARC-Easy", _ARC_FIELDS)),
-    "arc_challenge": DatasetSpec("arc_challenge", _same("allenai/ai2_arc", "ARC-Challenge", _ARC_FIELDS)),
-    "commonsense_qa": DatasetSpec("commonsense_qa", _same("tau/commonsense_qa", None, _ARC_FIELDS, test="validation")),
-    "openbookqa": DatasetSpec("openbookqa", _same("allenai/openbookqa", "main",
-                                                  ("id", "question_stem", "choices", "answerKey"))),
-    "hellaswag": DatasetSpec("hellaswag", _same("Rowan/hellaswag", None, _HELLASWAG_FIELDS, test="validation")),
-}
+GSM8K_FIELDS = ("question", "answer")
+GSM8K_TRAIN = Source("openai/gsm8k", ("main",), "train", GSM8K_FIELDS, "gsm8k/train.jsonl")
+MATH_CONFIGS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                "prealgebra", "precalculus")
+MATH_FIELDS = ("problem", "solution", "level", "type")
+MATH_TRAIN = Source("EleutherAI/hendrycks_math", MATH_CONFIGS, "train", MATH_FIELDS)
 
 
 class DatasetUnavailable(RuntimeError):
     """Neither the hub nor ``data_dir`` gave the rows; the message says how to provide them."""
 
 
-def expected_file(task: str, split: str = "test") -> str:
+def expected_file(spec: DatasetSpec, split: str = "test") -> str:
     """The local file name a task's split is read from (for docs and errors)."""
-    return f"{DATASETS[task].splits[split].hf_split}.jsonl"
+    return f"{spec.splits[split].hf_split}.jsonl"
 
 
 # ------------------------------------------------------------------------------------ local files
 
 
 def _read_file(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    """Rows of a local .jsonl / .json / .parquet file, read by datasets' own "json" and "parquet" builders. A
+    .json file holding {"<name>": [rows]} is read from that field; a malformed file is named with its first
+    bad line."""
+    import datasets
 
-        return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
+    options = {} if path.suffix == ".parquet" else {"field": _json_field(path)}
+    try:
+        ds = datasets.load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path),
+                                   split="train", **options)
+    except Exception as exc:  # datasets/pyarrow raise many kinds: one message naming the file and line
+        raise DatasetUnavailable(_unreadable(path, exc)) from None
+    return ds.to_list()
+
+
+def _json_field(path: Path) -> str | None:
+    """The field of a .json file that wraps its rows ({"data": [...]}), else None (rows or JSON lines)."""
+    if path.suffix != ".json":
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        return next(iter(data))
+    return None
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    if path.suffix != ".parquet":
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError:  # datasets' to_json writes JSON lines even with a .json suffix
-            data = None
-        if isinstance(data, list):
-            return data
-        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-            return next(iter(data.values()))
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DatasetUnavailable(f"{path}:{lineno}: not a JSON row ({exc.msg})") from exc
-    return rows
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            return f"{path}: not UTF-8 text; save it as UTF-8 JSON lines"
+        for lineno, line in enumerate(lines, start=1):
+            if line.strip() and path.suffix == ".jsonl":
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as bad:
+                    return f"{path}:{lineno}: not a JSON row ({bad.msg}); fix or remove that line"
+    return f"{path}: cannot be read as rows ({type(exc).__name__}: {str(exc)[:200]}); check the file's format"
 
 
 def _files_in(folder: Path, stem: str) -> list[Path]:
@@ -189,18 +166,18 @@ def _load_local(task: str, src: Source, data_dir: Path) -> list[dict]:
     return rows
 
 
-def check_data_dir(task: str, data_dir: str | Path, k_shot: int = 0) -> str | None:
-    """Why ``data_dir`` cannot serve ``task`` (None when it can): used by recipe validation so a missing
+def check_data_dir(spec: DatasetSpec | None, data_dir: str | Path, k_shot: int = 0) -> str | None:
+    """Why ``data_dir`` cannot serve a task's dataset (None when it can): used by recipe validation so a missing
     file fails before any model is loaded.  The train split is needed only for k-shot exemplars."""
-    if task not in DATASETS:
+    if spec is None:
         return None
     folder = Path(data_dir)
     if not folder.is_dir():
-        return (f"not a directory; point data_dir at a folder holding {expected_file(task)} "
+        return (f"not a directory; point data_dir at a folder holding {expected_file(spec)} "
                 "(or remove data_dir to load from the Hugging Face hub)")
     needed = ["test"] + (["train"] if k_shot else [])
     for split in needed:
-        src = DATASETS[task].splits[split]
+        src = spec.splits[split]
         if not _local_files(folder, src):
             why = "evaluation items" if split == "test" else f"k_shot={k_shot} exemplars"
             return (f"has no {src.hf_split}.jsonl (or .json/.parquet) for the {why}; add it with the fields of "
@@ -237,25 +214,24 @@ def _load_hub(task: str, src: Source) -> list[dict]:
 # ------------------------------------------------------------------------------------- public API
 
 
-def load_rows(task: str, split: str, data_dir: str | Path | None = None) -> list[dict]:
-    """Every row of ``split`` ("test" or "train") of ``task``: from data_dir when given, else the packaged
+def load_rows(spec: DatasetSpec, split: str, data_dir: str | Path | None = None) -> list[dict]:
+    """Every row of ``split`` ("test" or "train") of a task's dataset: from data_dir when given, else the packaged
     copy when slimlab ships one, else the hub."""
-    spec = DATASETS[task]
     if split not in spec.splits:
-        raise ValueError(f"{task}: split must be one of {sorted(spec.splits)}, got {split!r}")
+        raise ValueError(f"{spec.task}: split must be one of {sorted(spec.splits)}, got {split!r}")
     src = spec.splits[split]
     if data_dir:
-        return _load_local(task, src, Path(data_dir))
+        return _load_local(spec.task, src, Path(data_dir))
     if src.packaged:
         return _read_file(PACKAGED_ROOT / src.packaged)
-    return _load_hub(task, src)
+    return _load_hub(spec.task, src)
 
 
-def data_origin(task: str, split: str, data_dir: str | Path | None = None) -> str:
-    """Where load_rows reads ``split`` of ``task`` from, in words (for the report)."""
-    if task not in DATASETS or split not in DATASETS[task].splits:
+def data_origin(spec: DatasetSpec | None, split: str, data_dir: str | Path | None = None) -> str:
+    """Where load_rows reads ``split`` of a task's dataset from, in words (for the report)."""
+    if spec is None or split not in spec.splits:
         return "generated by slimlab (seeded)"
-    src = DATASETS[task].splits[split]
+    src = spec.splits[split]
     if data_dir:
         return f"data_dir {data_dir}"
     if src.packaged:
@@ -280,7 +256,7 @@ def subsample(count: int, n: int, seed: int, key: str) -> list[int]:
 
 
 def load_items(
-    task: str,
+    spec: DatasetSpec,
     to_item: Callable[[dict[str, Any], str], Item | None],
     n: int,
     seed: int,
@@ -289,10 +265,11 @@ def load_items(
 ) -> list[Item]:
     """``n`` items of ``split``: rows converted by ``to_item(row, split)`` (None drops a malformed row),
     duplicates (same question and options) dropped, then a seeded subsample."""
+    task = spec.task
     items: list[Item] = []
     seen: set[str] = set()
     dropped = 0
-    for row in load_rows(task, split, data_dir):
+    for row in load_rows(spec, split, data_dir):
         item = to_item(row, split)
         if item is None:
             dropped += 1
@@ -308,3 +285,13 @@ def load_items(
     if n > len(items):
         log.info("%s: n=%d but %s has %d items; using all of them", task, n, split, len(items))
     return [items[i] for i in subsample(len(items), n, seed, f"{task}:{split}")]
+
+
+def items_loader(dataset: DatasetSpec,
+                 to_item: Callable[[dict[str, Any], str], Item | None]) -> Callable[..., list[Item]]:
+    """A task's `load(n, seed, split, data_dir)`: rows of its dataset turned into items by `to_item(row, split)`."""
+    def load(n: int, seed: int, split: str = "test", data_dir: str | Path | None = None) -> list[Item]:
+        """``n`` items of ``split`` (test: evaluation, train: exemplars)."""
+        return load_items(dataset, to_item, n, seed, split, data_dir)
+
+    return load
