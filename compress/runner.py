@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from compress.build import SkipVariant, build
 from compress.calibration import calibration_provider, resolve_source
 from compress.recipe import BASELINE, Recipe, TaskEntry
 from compress.registry import CalibrationData, MethodParams, MethodSpec
 from evaluate.api_model import APIError, APIModel, client_from_spec
+from evaluate.backends import GenerationBackend, HFBackend
 from evaluate.bertscore import configure as configure_bertscore
 from evaluate.fidelity import evaluate_windows
 from evaluate.generation import DecodingConfig
@@ -127,7 +126,8 @@ class Study:
         return cells
 
     # evaluation -----------------------------------------------------------------------------
-    def evaluate_model(self, variant: str, model: Any, tokenizer: Any, key: str, cells: list[Cell]) -> None:
+    def evaluate_model(self, variant: str, backend: GenerationBackend, tokenizer: Any, key: str,
+                       cells: list[Cell]) -> None:
         reference = _Reference(self.source.location, self.recipe.model) if variant != BASELINE else None
         try:
             for cell in cells:
@@ -135,14 +135,14 @@ class Study:
                 if (cached := self.ledger.cell(variant, cell.entry.cell, ckey)) is not None:
                     self.rejudge(variant, cell, ckey, cached)
                     continue
-                if cell.pset.task.windows and not isinstance(model, torch.nn.Module):
-                    continue  # an API model has no next-token distribution to compare
+                if cell.pset.task.windows and not isinstance(backend, HFBackend):
+                    continue  # a served model offers no full next-token distribution to compare
                 sample_dir = self.out_dir / "samples" / variant
                 partial = sample_dir / f"{cell.entry.cell}.partial.jsonl"
                 log.info("evaluating %s on %s (%d items)", variant, cell.entry.cell, len(cell.pset.items))
                 self.progress.cell(variant, cell.entry.cell, len(cell.pset.items) * cell.entry.repeats)
                 t0 = time.perf_counter()
-                metrics, samples = self.evaluate_cell(cell, model, tokenizer, partial, reference)
+                metrics, samples = self.evaluate_cell(cell, backend, tokenizer, partial, reference)
                 metrics.eval_s = time.perf_counter() - t0
                 final = sample_dir / f"{cell.entry.cell}.jsonl"
                 final.write_text("".join(json.dumps(s) + "\n" for s in samples))
@@ -153,22 +153,21 @@ class Study:
             if reference is not None:
                 reference.release()
 
-    def evaluate_cell(self, cell: Cell, model: Any, tokenizer: Any, partial: Path, reference: _Reference | None,
-                      extras: bool = True) -> tuple[CellMetrics, list[dict]]:
+    def evaluate_cell(self, cell: Cell, backend: GenerationBackend, tokenizer: Any, partial: Path,
+                      reference: _Reference | None, extras: bool = True) -> tuple[CellMetrics, list[dict]]:
         """(metrics, samples) of one model on one cell: generation and scoring, or token windows. `extras`:
         also log-likelihood choices and the judge (not for the intermediate stages of a chain)."""
         if cell.pset.task.windows:
             windows = [[int(t) for t in p.split()] for p in cell.pset.prompts]
-            metrics, samples = evaluate_windows(model, windows, [it.id for it in cell.pset.items], partial,
+            metrics, samples = evaluate_windows(backend.model, windows, [it.id for it in cell.pset.items], partial,
                                                 reference.load if reference is not None else None,
                                                 on_window=self.progress.advance)
             return metrics.merged({"tokenizer": _tokenizer_name(tokenizer)}), samples
-        result = evaluate_cell(model, tokenizer, cell.pset, cell.decoding, partial, cell.entry.repeats,
+        result = evaluate_cell(backend, cell.pset, cell.decoding, partial, cell.entry.repeats,
                                batch_scorer_for(cell.pset.task), on_progress=self.progress.advance)
         metrics = result.metrics
         if extras:  # multiple choice: also score each option by log-likelihood (samples gain loglik_choice)
-            metrics = metrics.merged(apply_loglik(model, tokenizer, cell.pset, result.samples,
-                                                  cell.decoding.batch_size))
+            metrics = metrics.merged(apply_loglik(backend, cell.pset, result.samples, cell.decoding.batch_size))
             metrics = metrics.merged(self.judge(cell, result.samples))
         if (metrics.truncated or 0) > 0.05 * len(result.samples):
             log.warning("%s: %d of %d outputs hit max_new_tokens=%d before ending (their answers may be cut); "
@@ -179,6 +178,9 @@ class Study:
     # LLM judge and API models (evaluate/judge.py, evaluate/api_model.py) ---------------------
     def judge(self, cell: Cell, samples: list[dict]) -> dict:
         """Judge metrics for a freshly evaluated cell (samples gain judge_* fields), {} if not judged."""
+        own = getattr(cell.pset.task.cell_metrics, "judge", None)  # a task's own judge hook (MR-Score reasons)
+        if own is not None:
+            return own(self.recipe.judge, cell.entry.cell, samples, cell.pset.items, self.recipe.seed)
         if not judge_applies(self.recipe.judge, cell.entry.cell, cell.pset.task):
             return {}
         try:
@@ -245,7 +247,7 @@ class Study:
         if self.cells_pending(BASELINE, key, cells):
             model = load_model(self.source.location, m.dtype, m.device, m.trust_remote_code, m.revision)
             self.ledger.upsert_variant(BASELINE, key, footprint=measure_footprint(model), status="ok")
-            self.evaluate_model(BASELINE, model, tokenizer, key, cells)
+            self.evaluate_model(BASELINE, HFBackend(model, tokenizer), tokenizer, key, cells)
             del model
             gc.collect()
         if self.source.is_local:
@@ -285,7 +287,8 @@ class Study:
                     continue
                 partial = self.out_dir / "samples" / variant / f"stage{stage}-{cell.entry.cell}.partial.jsonl"
                 self.progress.cell(variant, f"{cell.entry.cell} (after {spec.name})", len(cell.pset.items))
-                metrics, _ = self.evaluate_cell(cell, model, tokenizer, partial, reference, extras=False)
+                metrics, _ = self.evaluate_cell(cell, HFBackend(model, tokenizer), tokenizer, partial, reference,
+                                                extras=False)
                 self.ledger.put_stage(variant, stage, spec.name, cell.entry.cell, skey, metrics, footprint)
                 self.done(f"{variant}/stage{stage}/{cell.entry.cell}")
         finally:
@@ -310,7 +313,7 @@ class Study:
                 footprint = measure_footprint(model)
                 footprint.stored_bits_per_param = stored_bits_per_param(model_dir, model)
                 self.ledger.upsert_variant(name, key, footprint=footprint)
-                self.evaluate_model(name, model, tokenizer, key, cells)
+                self.evaluate_model(name, HFBackend(model, tokenizer), tokenizer, key, cells)
                 del model
                 gc.collect()
             self.profile(name, str(model_dir))

@@ -292,7 +292,7 @@ class APIModel:
         finish = "length" if result.finish_reason == "length" else "stop"
         return Generation(truncate_at_stop(result.text, config.stop), finish, result.completion_tokens or 0)
 
-    def generate_texts(self, prompts: Sequence[str], config: DecodingConfig,
+    def generate(self, prompts: Sequence[str], config: DecodingConfig,
                        on_batch: Callable[[list[int], list[Generation]], None] | None = None) -> list[Generation]:
         """Completions in order; `on_batch` is called per chunk of `batch_size` so finished work persists."""
         outputs: list[Generation] = [Generation("", "stop", 0)] * len(prompts)
@@ -305,6 +305,11 @@ class APIModel:
                 if on_batch is not None:
                     on_batch(idx, gens)
         return outputs
+
+    def continuation_logprobs(self, pairs: Sequence[tuple[str, str]],
+                              batch_size: int = 16) -> list[tuple[float, int]] | None:
+        """A chat-completions API scores no given continuation: multiple choice keeps its generated-letter score."""
+        return None
 
     def latency_profile(self) -> Profile:
         """Measured request latencies as a Profile record (batch 1 = one request). Each request's time is the

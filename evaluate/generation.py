@@ -285,8 +285,6 @@ def generate(
     """Completions for `prompts`, in order. Prompts of similar length share a batch (less padding);
     each sequence stops at its first stop string or end-of-turn token; `on_batch` lets callers persist
     finished work."""
-    if hasattr(model, "generate_texts"):  # a model behind an API (evaluate/api_model.py): same prompts, decoding
-        return model.generate_texts(prompts, config, on_batch)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

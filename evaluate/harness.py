@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluate.generation import DecodingConfig, Generation, generate
+from evaluate.generation import DecodingConfig, Generation
 from evaluate.interrupts import whole_write
 from evaluate.prompts import PromptConfig, apply_chat_template, pick_exemplars, render_prompt
 from evaluate.records import CellMetrics
@@ -150,8 +150,7 @@ def summarize(samples: list[dict], repeats: int, breakdown: tuple[str, ...] = ()
 
 
 def evaluate_cell(
-    model: Any,
-    tokenizer: Any,
+    backend: Any,
     pset: PromptSet,
     decoding: DecodingConfig,
     partial_path: Path,
@@ -184,7 +183,7 @@ def evaluate_cell(
             if on_progress is not None:
                 on_progress(len(idx))
 
-        generate(model, tokenizer, [pset.prompts[i] for i in todo], dec, on_batch=persist)
+        backend.generate([pset.prompts[i] for i in todo], dec, on_batch=persist)
     samples = [done[(it.id, r)] for r in range(repeats) for it in pset.items]
     if batch_scorer is not None:
         scores = batch_scorer([s["output"] for s in samples], [it for _ in range(repeats) for it in pset.items])

@@ -98,15 +98,17 @@ def continuation_logprobs(
     return results
 
 
-def score_choices(
-    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], items: Sequence[Item], batch_size: int = 16
-) -> list[dict[str, Any]]:
-    """Per item: log-probabilities of each option's text and letter, and the option each rule picks."""
+def score_choices(backend: Any, prompts: Sequence[str], items: Sequence[Item],
+                  batch_size: int = 16) -> list[dict[str, Any]] | None:
+    """Per item: log-probabilities of each option's text and letter, and the option each rule picks; None when
+    the backend offers no log-probabilities (a chat API)."""
     pairs: list[tuple[str, str]] = []
     for prompt, item in zip(prompts, items, strict=True):
         pairs += [(prompt, " " + c) for c in item.choices]
         pairs += [(prompt, " " + LETTERS[j]) for j in range(len(item.choices))]
-    scores = continuation_logprobs(model, tokenizer, pairs, batch_size)
+    scores = backend.continuation_logprobs(pairs, batch_size)
+    if scores is None:
+        return None
     records, k = [], 0
     for item in items:
         n = len(item.choices)
@@ -132,15 +134,15 @@ def applies(pset: PromptSet) -> bool:
     return pset.task.answer_type == "letter" and bool(pset.items) and all(it.choices for it in pset.items)
 
 
-def apply_loglik(
-    model: torch.nn.Module, tokenizer: Any, pset: PromptSet, samples: list[dict], batch_size: int = 16
-) -> dict[str, float]:
-    """Score every item of a cell by log-likelihood, attach ``loglik_choice`` to its samples (every
-    repeat) and return the cell's loglik metrics; {} for tasks it does not apply to and for models
-    without a forward pass (API models)."""
-    if not isinstance(model, torch.nn.Module) or not applies(pset):
+def apply_loglik(backend: Any, pset: PromptSet, samples: list[dict], batch_size: int = 16) -> dict[str, float]:
+    """Score every item of a cell by log-likelihood through the backend (evaluate.backends), attach
+    ``loglik_choice`` to its samples (every repeat) and return the cell's loglik metrics; {} for tasks it does
+    not apply to and for backends without log-probabilities (chat APIs)."""
+    if not applies(pset):
         return {}
-    records = score_choices(model, tokenizer, pset.prompts, pset.items, batch_size)
+    records = score_choices(backend, pset.prompts, pset.items, batch_size)
+    if records is None:
+        return {}
     by_id = {it.id: rec for it, rec in zip(pset.items, records, strict=True)}
     for s in samples:
         s["loglik_choice"] = by_id[s["id"]]

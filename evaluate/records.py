@@ -187,6 +187,22 @@ class CellMetrics(Record):
     kl_p99: float | None = None
     kl_max: float | None = None
     top1_agreement: float | None = None
+    # meta-reasoning (MR-GSM8K, MR-Ben; evaluate/mr_score.py), percent, means over subjects for MR-Ben:
+    # MR-Score = 0.2 * max(0, MCC) + 0.3 * step accuracy + 0.5 * reason accuracy
+    mr_score: float | None = None  # None: not measured (the error reasons need the recipe's judge)
+    mr_mcc: float | None = None  # task 1: max(0, MCC) of the correct/incorrect verdicts x100, as the score uses it
+    mr_step_accuracy: float | None = None  # task 2: first error step right, over the incorrect solutions
+    mr_reason_accuracy: float | None = None  # task 3: error reason judged right, over the incorrect solutions
+    mr_n_correct: int | None = None  # correct solutions evaluated
+    mr_n_incorrect: int | None = None  # incorrect solutions evaluated
+    mr_tp: int | None = None  # correct solutions called correct
+    mr_tn: int | None = None  # incorrect solutions called incorrect
+    mr_step_hits: int | None = None  # ... with the first error step right
+    mr_reason_review: int | None = None  # error reasons the judge had to grade (coding: all called incorrect)
+    mr_reason_hits: int | None = None  # ... judged right
+    mr_groups: int | None = None  # subjects the MR-Score averages over (1 for MR-GSM8K)
+    mr_reason_status: str | None = None  # "judged by <model> ..." or "not measured: ..."
+    mr_mcc_raw: float | None = None  # the MCC itself x100 (-100 when no verdict is given: missing counts as wrong)
 
     # fields with their own place in the report; every other number is shown under "Other metrics"
     REPORTED: ClassVar[frozenset[str]] = frozenset({

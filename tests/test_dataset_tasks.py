@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from evaluate.api_model import APIModel
+from evaluate.backends import HFBackend
 from evaluate.harness import breakdown_by, build_prompt_set, summarize
 from evaluate.parsing import NO_ANSWER, math_equal, parse_letter, parse_math, parse_number
 from evaluate.prompts import PromptConfig
@@ -477,7 +479,7 @@ def test_loglik_picks_the_most_probable_choice(tiny_lm):
     model, tok = tiny_lm
     items = load("arc_easy")
     prompts = [it.question + "\nAnswer:" for it in items]
-    records = score_choices(model, tok, prompts, items, batch_size=4)
+    records = score_choices(HFBackend(model, tok), prompts, items, batch_size=4)
     for it, prompt, rec in zip(items, prompts, records, strict=True):
         direct = [_direct(model, tok, prompt, " " + c) for c in it.choices]
         assert rec["logprob"] == pytest.approx(direct, abs=1e-4)
@@ -499,7 +501,7 @@ def test_loglik_picks_the_most_probable_choice(tiny_lm):
 
     handle = model.lm_head.register_forward_hook(boost)
     try:
-        rec = score_choices(model, tok, [prompt], [item])[0]
+        rec = score_choices(HFBackend(model, tok), [prompt], [item])[0]
     finally:
         handle.remove()
     assert rec["pick"] == "C" and rec["pick_letter"] == "B"
@@ -512,7 +514,7 @@ def test_apply_loglik_fills_samples_and_metrics(tiny_lm):
     model, tok = tiny_lm
     pset = build_prompt_set("arc_easy", "arc_easy", 5, 0, PromptConfig(), data_dir=str(FIXTURES / "arc_easy"))
     samples = [{"id": it.id, "repeat": r, "parsed": "B"} for r in range(2) for it in pset.items]
-    metrics = apply_loglik(model, tok, pset, samples, batch_size=8)
+    metrics = apply_loglik(HFBackend(model, tok), pset, samples, batch_size=8)
     picks = [s["loglik_choice"]["pick"] for s in samples[:5]]
     golds = [it.gold for it in pset.items]
     assert metrics["accuracy_loglik"] == pytest.approx(100 * sum(p == g for p, g in zip(picks, golds, strict=True)) / 5)
@@ -520,8 +522,9 @@ def test_apply_loglik_fills_samples_and_metrics(tiny_lm):
     assert {"accuracy_loglik_norm", "accuracy_loglik_letter"} <= set(metrics)
     assert samples[0]["loglik_choice"] is samples[5]["loglik_choice"]  # same item, every repeat
     gsm = build_prompt_set("gsm8k", "gsm8k", 2, 0, PromptConfig(), data_dir=str(FIXTURES / "gsm8k"))
-    assert apply_loglik(model, tok, gsm, [], 8) == {}  # not multiple choice
-    assert apply_loglik(object(), tok, pset, samples, 8) == {}  # an API model has no forward pass
+    assert apply_loglik(HFBackend(model, tok), gsm, [], 8) == {}  # not multiple choice
+    no_logprobs = APIModel("api", None)  # a chat API scores no given continuation
+    assert apply_loglik(no_logprobs, pset, samples, 8) == {}
 
 
 @pytest.mark.slow

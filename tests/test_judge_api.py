@@ -199,7 +199,7 @@ def test_api_model_batches_in_order_with_concurrency(server):
     model = APIModel("gpt", client(server), max_concurrency=3)
     prompts = [f"Question: What is {i} + {i}?\nAnswer:" for i in range(7)]
     seen: list[list[int]] = []
-    out = model.generate_texts(prompts, DecodingConfig(max_new_tokens=8, batch_size=3, stop=(".",)),
+    out = model.generate(prompts, DecodingConfig(max_new_tokens=8, batch_size=3, stop=(".",)),
                                on_batch=lambda idx, texts: seen.append(idx))
     assert [g.text for g in out] == [f"The answer is {2 * i}" for i in range(7)]  # cut locally at the stop string
     assert seen == [[0, 1, 2], [3, 4, 5], [6]]
@@ -220,7 +220,7 @@ def test_api_model_batches_in_order_with_concurrency(server):
 def test_api_model_finish_length_and_retried_requests(server):
     model = APIModel("cut", client(server, model="cut"), max_concurrency=1)
     server.fail_next(503)
-    out = model.generate_texts(["a", "b"], DecodingConfig(max_new_tokens=3, batch_size=2))
+    out = model.generate(["a", "b"], DecodingConfig(max_new_tokens=3, batch_size=2))
     assert [(g.text, g.finish, g.n_tokens, g.truncated) for g in out] == [("The answer is", "length", 3, True)] * 2
     prof = model.latency_profile()
     assert prof.retried_requests == 1 and prof.n_requests == 2 and [r.attempts for r in model.requests] == [2, 1]

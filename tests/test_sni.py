@@ -284,7 +284,7 @@ def test_cell_accuracy_is_mean_recall_x100(tiny_encoder, tmp_path):
                                for it, p, o in zip(pset.items, pset.prompts, outputs, strict=True)))
     bertscore.configure(model=tiny_encoder)
     try:
-        result = evaluate_cell(None, None, pset, None, partial, 1, batch_scorer_for(pset.task))
+        result = evaluate_cell(None, pset, None, partial, 1, batch_scorer_for(pset.task))
     finally:
         bertscore.configure()
     scores = [s["score"] for s in result.samples]

@@ -240,12 +240,15 @@ _LABEL = re.compile(
     + r")\s*\**_*\s*\]?\s*[:：]\**_*", re.IGNORECASE | re.MULTILINE)
 _VERDICT_WORD = re.compile(r"\b(incorrect|wrong|not\s+correct|correct|right|invalid|valid|flawed|false|true)\b",
                            re.IGNORECASE)
-_ECHO = re.compile(r"correct\W{0,4}(?:/|\bor\b)\W{0,4}(?:incorrect|wrong)|insert only|input\s+'?correct",
+_ECHO = re.compile(r"correct\W{0,4}(?:/|\bor\b)\W{0,4}(?:incorrect|wrong)|^\W*\[?\s*(?:input|insert|provide|give)\b",
                    re.IGNORECASE)
 _PROSE_VERDICT = re.compile(
     r"\b(?:the\s+)?(?:student'?s?\s+|given\s+|provided\s+|this\s+)?(?:solution|answer|reasoning)\s+(?:is|was)\s+"
     r"(?:\w+\s+)?(not\s+correct|incorrect|wrong|correct|right)\b", re.IGNORECASE)
-_STEP_VALUE = re.compile(r"^\W*(?:step|line)?\s*#?\s*(\d+)\b", re.IGNORECASE)
+_BRACKETS = re.compile(r"\[[^\[\]]*\]")
+_CONDITIONAL = re.compile(r"\b(?:if|whether|when|unless|of)\s+$", re.IGNORECASE)  # "if/rest of the solution is"
+_STEP_WORD = re.compile(r"^\W*(?:step|line)\s*#?\s*(\d+)\b", re.IGNORECASE)  # "Step 3", "**Step 3**: ...", "step #3"
+_STEP_NUMBER = re.compile(r"^\W*(\d+)\W*$")  # a bare "3" / "3." / "(3)" line; "24-19 = 5" is not a step
 _STEP_ANYWHERE = re.compile(r"\bstep\s*#?\s*(\d+)\b", re.IGNORECASE)
 _NA = re.compile(r"^\W*(?:n/?a|none|no\s+error|not\s+applicable|nil|-+)\W*$", re.IGNORECASE)
 _NEGATIVE = {"incorrect", "wrong", "not correct", "invalid", "flawed", "false"}
@@ -275,16 +278,30 @@ def read_verdict(value: str) -> str | None:
 
 
 def read_step(value: str, code: bool) -> str | None:
-    """A first error step: "3" from "3", "Step 3", "**Step 3**: ...", "step #3"; "N/A" for N/A; None when it
-    cannot be read. Coding: the first non-empty line, code fences and quotes removed."""
+    """A first error step: "3" from "3", "Step 3", "**Step 3**: ...", "step #3", "The error is in step 3"; "N/A"
+    for N/A; None when it cannot be read (a calculation such as "24-19 = 5" is no step). Coding: the first
+    non-empty line, code fences and quotes removed."""
     text = value.strip()
     first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("```")), "")
+    if _ECHO.search(first):  # the template's placeholder written back
+        return None
     if _NA.match(first or text):
         return "N/A"
     if code:
         return first.strip("`'\" ") or None
-    m = _STEP_VALUE.match(text) or _STEP_ANYWHERE.search(first)
+    m = _STEP_WORD.match(first) or _STEP_NUMBER.match(first) or _STEP_ANYWHERE.search(first)
     return m.group(1) if m else None
+
+
+def prose_verdict(output: str) -> str | None:
+    """A verdict stated in a sentence ("The student's solution is incorrect."), outside echoed template text
+    ("[... Input 'N/A' if the solution is correct.]"), conditionals ("if the solution is correct") and parts ("the
+    rest of the solution is correct")."""
+    text = _BRACKETS.sub(" ", output)
+    for m in _PROSE_VERDICT.finditer(text):
+        if not _CONDITIONAL.search(text[max(0, m.start() - 12):m.start()]):
+            return INCORRECT if re.sub(r"\s+", " ", m.group(1).lower()) in _NEGATIVE else CORRECT
+    return None
 
 
 def parse_mr(output: str, item: Item) -> Parsed:
@@ -299,15 +316,14 @@ def parse_mr(output: str, item: Item) -> Parsed:
     rule = "none"
     if verdict is not None:
         rule = "fields" if {"step", "reason"} <= fields.keys() else "verdict_field"
-    elif "verdict" in fields and _ECHO.search(fields["verdict"]):
+    elif (prose := prose_verdict(output)) is not None:
+        verdict, rule = prose, "prose"
+    elif any(_ECHO.search(v) for v in fields.values()):
         rule = "echo"
-    elif (prose := _PROSE_VERDICT.search(output)) is not None:
-        verdict = INCORRECT if re.sub(r"\s+", " ", prose.group(1).lower()) in _NEGATIVE else CORRECT
-        rule = "prose"
     step_text = fields.get("step", "")
     step = read_step(step_text, code) if "step" in fields else None
     reason = fields.get("reason", "").strip()
-    if _NA.match(reason):
+    if _NA.match(reason) or _ECHO.search(reason.split("\n")[0]):
         reason = ""
     answer = {"verdict": verdict, "step": step, "reason": reason[:MAX_REASON_CHARS],
               "step_text": step_text.strip()[:300]}
