@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +39,9 @@ class SelectSpec(BaseModel):
     include_baseline: bool = True  # the FP model is a candidate too (it may win on latency)
     max_memory_mib: float | None = Field(None, gt=0)  # optional hard caps on weights in memory / ms per token
     max_latency_ms_per_token: float | None = Field(None, gt=0)
+    # fidelity cap: mean KL(FP || variant) per token on the study's perplexity windows. On a model too small to
+    # score on reasoning tasks (a 135M one gets 1 of 40 GSM8K items), fidelity is where damage shows
+    max_kl: float | None = Field(None, gt=0)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class VariantSummary:
     ttft_ms: float | None = None
     tokens_per_s: float | None = None
     backend: str | None = None
+    kl_mean: float | None = None  # worst mean KL vs FP over the study's fidelity (windows) tasks
 
     def cost(self, name: str) -> float | None:
         return getattr(self, MINIMIZE[name][0])
@@ -79,6 +83,7 @@ def summarize_variants(rows: Sequence[ResultRow]) -> list[VariantSummary]:
         if name == BASELINE:
             deltas = {t: (0.0 if v is not None else None) for t, v in values.items()}
         known_deltas = [d for d in deltas.values() if d is not None]
+        kls = [r.extra_metrics["kl_mean"] for r in mine.values() if r.extra_metrics.get("kl_mean") is not None]
         out.append(VariantSummary(
             variant=name, steps=first.steps or "FP", status=first.status or "pending", reason=first.reason,
             mean_accuracy=statistics.fmean(present) if present and not missing else None,
@@ -86,7 +91,7 @@ def summarize_variants(rows: Sequence[ResultRow]) -> list[VariantSummary]:
             task_values=values, task_deltas=deltas, missing_tasks=missing,
             weight_bytes=first.weight_bytes, peak_memory_bytes=first.peak_memory_bytes, disk_bytes=first.disk_bytes,
             latency_ms_per_token=first.latency_ms_per_token, ttft_ms=first.ttft_ms, tokens_per_s=first.tokens_per_s,
-            backend=first.backend,
+            backend=first.backend, kl_mean=max(kls) if kls else (0.0 if name == BASELINE else None),
         ))
     return out
 
@@ -147,6 +152,11 @@ def _why_not(s: VariantSummary, spec: SelectSpec) -> str | None:
             return f"drops {-worst:.1f} points on {task} (budget {_points(spec.max_accuracy_drop)} per task)"
     elif s.mean_delta is not None and -s.mean_delta > spec.max_accuracy_drop:
         return f"mean drop {-s.mean_delta:.1f} points (budget {_points(spec.max_accuracy_drop)})"
+    if spec.max_kl is not None and s.variant != BASELINE:
+        if s.kl_mean is None:
+            return "no KL to the FP model measured (max_kl needs a perplexity task)"
+        if s.kl_mean > spec.max_kl:
+            return f"mean KL to the FP model {s.kl_mean:.4g} (cap {spec.max_kl:g})"
     if s.cost(spec.minimize) is None:
         return f"{MINIMIZE[spec.minimize][1]} not measured"
     if spec.max_memory_mib is not None and (s.weight_bytes is None or s.weight_bytes > spec.max_memory_mib * 2**20):
@@ -157,7 +167,7 @@ def _why_not(s: VariantSummary, spec: SelectSpec) -> str | None:
     return None
 
 
-def describe_policy(spec: Any) -> str:
+def describe_policy(spec: SelectSpec) -> str:
     scope = "on every task" if spec.per_task else "on the mean over tasks"
     words = [f"at most {_points(spec.max_accuracy_drop)} below the baseline {scope}",
              f"status {spec.require_status}"]
@@ -165,6 +175,8 @@ def describe_policy(spec: Any) -> str:
         words.append(f"weights in memory ≤ {spec.max_memory_mib:g} MiB")
     if spec.max_latency_ms_per_token is not None:
         words.append(f"≤ {spec.max_latency_ms_per_token:g} ms/token")
+    if spec.max_kl is not None:
+        words.append(f"mean KL to the FP model ≤ {spec.max_kl:g}")
     pool = "baseline included" if spec.include_baseline else "compressed variants only"
     return f"{', '.join(words)}; then the lowest {MINIMIZE[spec.minimize][1]} ({pool})"
 

@@ -221,3 +221,16 @@ def test_selection_explains_the_choice():
     assert "12.00 MiB" in selection.reason and "(3.33x)" in selection.reason
     assert selection.rejected["int4"] == "mean drop 3.0 points (budget 1 point)"
     assert selection.rejected["slow"] == "mean drop 10.0 points (budget 1 point)"
+
+
+def test_selection_caps_kl_to_the_fp_model():
+    """A fidelity cap rejects a variant whose accuracy looks fine but whose next-token distribution has moved,
+    and one whose KL was never measured; the baseline needs no KL."""
+    ppl = {"baseline": 0.0, "int8": 0.004, "int4": 0.2}  # mean KL on the perplexity windows; "slow" has none
+    rows = [r.model_copy(update={"extra_metrics": {"kl_mean": ppl[r.variant]}}) if r.variant in ppl else r
+            for r in ROWS]
+    selection = select_variant(summarize_variants(rows), SelectSpec(max_accuracy_drop=12.0, max_kl=0.05))
+    assert selection.chosen == "int8"
+    assert selection.rejected["int4"] == "mean KL to the FP model 0.2 (cap 0.05)"
+    assert selection.rejected["slow"].startswith("no KL to the FP model measured")
+    assert "mean KL to the FP model ≤ 0.05" in selection.policy
