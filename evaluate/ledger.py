@@ -9,8 +9,10 @@ import os
 import socket
 import sqlite3
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -39,6 +41,24 @@ CREATE TABLE IF NOT EXISTS stages(variant TEXT, stage INTEGER, method TEXT, cell
 _JSON_COLUMNS = ("steps", "build", "footprint", "profile")
 
 
+WriteMethod = Literal["upsert_variant", "put_cell", "put_stage", "add_computed"]
+
+
+@dataclass(frozen=True)
+class LedgerWrite:
+    """One write to the ledger as a record: what a Ray worker sends to the driver, the ledger's one writer, and
+    what the driver sends a worker to seed its private copy of a variant's rows."""
+
+    method: WriteMethod
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, ledger: Ledger) -> None:
+        if self.method not in ("upsert_variant", "put_cell", "put_stage", "add_computed"):
+            raise ValueError(f"not a ledger write: {self.method!r}")
+        getattr(ledger, self.method)(*self.args, **self.kwargs)
+
+
 class LedgerSchemaError(RuntimeError):
     """A ledger written by another version of slimlab's records: never read as if it were this one."""
 
@@ -55,7 +75,7 @@ class Ledger:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, timeout=30)
+        self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)  # one user at a time (Ray task thread)
         self.db.row_factory = sqlite3.Row
         self._check_schema()
 
@@ -170,9 +190,59 @@ class Ledger:
                             (variant, stage, method, cell, key, metrics.model_dump_json(),
                              footprint.model_dump_json() if footprint else None))
 
+    def snapshot(self, variant: str) -> list[LedgerWrite]:
+        """The writes that recreate a variant's rows (its variant row, cells and stages, with their keys)."""
+        row = self.db.execute("SELECT * FROM variants WHERE variant=?", (variant,)).fetchone()
+        if row is None:
+            return []
+        fields = {k: (json.loads(v) if k in _JSON_COLUMNS and v else v) for k, v in dict(row).items()
+                  if k not in ("variant", "key", "updated_at")}
+        writes = [LedgerWrite("upsert_variant", (variant, row["key"]), fields)]
+        for r in self.db.execute("SELECT * FROM cells WHERE variant=?", (variant,)):
+            writes.append(LedgerWrite("put_cell", (variant, r["cell"], r["task"], r["key"],
+                                                   CellMetrics.model_validate_json(r["metrics"]))))
+        for r in self.db.execute("SELECT * FROM stages WHERE variant=?", (variant,)):
+            footprint = Footprint.model_validate_json(r["footprint"]) if r["footprint"] else None
+            writes.append(LedgerWrite("put_stage", (variant, r["stage"], r["method"], r["cell"], r["key"],
+                                                    CellMetrics.model_validate_json(r["metrics"]), footprint)))
+        return writes
+
     def stages(self) -> list[StageRecord]:
         rows = self.db.execute("SELECT * FROM stages ORDER BY variant, stage, cell").fetchall()
         return [StageRecord(variant=r["variant"], stage=r["stage"], method=r["method"], cell=r["cell"],
                             metrics=CellMetrics.model_validate_json(r["metrics"]),
                             footprint=Footprint.model_validate_json(r["footprint"]) if r["footprint"] else None)
                 for r in rows]
+
+
+class JournaledLedger(Ledger):
+    """A private in-memory ledger that also hands every write to `sink`: a Ray worker reads and writes it like
+    the real one while the driver, which applies the same writes to the study's SQLite file, stays its only
+    writer (no SQLite over a network file system, no two processes writing one file)."""
+
+    def __init__(self, sink: Callable[[LedgerWrite], None], seed: Iterable[LedgerWrite] = ()) -> None:
+        super().__init__(Path(":memory:"))
+        self.sink: Callable[[LedgerWrite], None] | None = None
+        for write in seed:
+            write.apply(self)
+        self.sink = sink
+
+    def _send(self, method: WriteMethod, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
+        if self.sink is not None:
+            self.sink(LedgerWrite(method, args, kwargs or {}))
+
+    def upsert_variant(self, variant: str, key: str, **fields: Any) -> None:
+        super().upsert_variant(variant, key, **fields)
+        self._send("upsert_variant", (variant, key), fields)
+
+    def put_cell(self, variant: str, cell: str, task: str, key: str, metrics: CellMetrics) -> None:
+        super().put_cell(variant, cell, task, key, metrics)
+        self._send("put_cell", (variant, cell, task, key, metrics))
+
+    def put_stage(self, variant: str, stage: int, method: str, cell: str, key: str, metrics: CellMetrics,
+                  footprint: Footprint | None) -> None:
+        super().put_stage(variant, stage, method, cell, key, metrics, footprint)
+        self._send("put_stage", (variant, stage, method, cell, key, metrics, footprint))
+
+    def add_computed(self, run_id: int, what: str) -> None:
+        self._send("add_computed", (run_id, what))  # the driver's run row; this copy has none

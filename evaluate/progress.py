@@ -30,6 +30,7 @@ class NullProgress:
     def cell(self, variant: str, cell: str, total_items: int) -> None: ...
     def advance(self, items: int = 1) -> None: ...
     def finished(self, name: str, status: str) -> None: ...
+    def note(self, text: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -85,6 +86,10 @@ class RichProgress(NullProgress):
     def finished(self, name: str, status: str) -> None:
         self.counts[status] = self.counts.get(status, 0) + 1
         self.bar.update(self.models, advance=1, description=self._models_text())
+
+    def note(self, text: str) -> None:
+        """A line for the person watching (a dashboard's address), printed above the bars."""
+        self.bar.console.print(text)
 
     def close(self) -> None:
         if self.open:

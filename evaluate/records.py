@@ -98,6 +98,32 @@ class Host(Record):
     cuda: str | None = None
 
 
+class ServedInfo(Record):
+    """A variant served by vLLM (compress/serving.py): what vLLM itself said (its log and API) beside slimlab's own
+    measurements of the server process; the `profile` of a `<variant>@vllm` row carries it."""
+
+    serves: str | None = None  # the HF row whose checkpoint was served
+    version: str | None = None
+    platform: str | None = None  # "cpu", "cuda", ...
+    dtype: str | None = None
+    quantization: str | None = None  # vLLM's quantization method ("compressed-tensors", ...), None: dense
+    kernels: list[str] = Field(default_factory=list)  # "CPUWNA16LinearKernel for CompressedTensorsWNA16", ...
+    max_model_len: int | None = None
+    start_s: float | None = None  # process start to a healthy /health
+    weights_load_s: float | None = None  # vLLM's "Loading weights took"
+    compilation: str | None = None  # "eager", "torch.compile, cache loaded", "... compiled now (cold cache)", ...
+    weights_bytes: int | None = None  # vLLM's "Model loading took X GiB" (GPU runner)
+    non_kv_bytes: int | None = None  # CPU, auto KV sizing: the worker's RSS before the KV cache ("non-kv usages")
+    kv_cache_bytes: int | None = None  # the KV cache pool vLLM allocated
+    kv_cache_tokens: int | None = None  # tokens that pool holds
+    max_concurrency: float | None = None  # requests of max_model_len the pool holds at once
+    server_rss_bytes: int | None = None  # the server's process tree, summed RSS right after start (CPU)
+    server_pss_bytes: int | None = None  # the same as PSS (shared pages counted once)
+    nvml_bytes: int | None = None  # GPU: NVML's memory of the server's processes right after start
+    log_path: str | None = None
+    command: list[str] = Field(default_factory=list)
+
+
 class Profile(Record):
     """A model as it really runs: load and generation memory, latency per batch size, with what ran it."""
 
@@ -128,6 +154,7 @@ class Profile(Record):
     retried_requests: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    served: ServedInfo | None = None  # a variant served by vLLM: vLLM's own figures
 
     @property
     def device(self) -> str:
@@ -203,12 +230,21 @@ class CellMetrics(Record):
     mr_groups: int | None = None  # subjects the MR-Score averages over (1 for MR-GSM8K)
     mr_reason_status: str | None = None  # "judged by <model> ..." or "not measured: ..."
     mr_mcc_raw: float | None = None  # the MCC itself x100 (-100 when no verdict is given: missing counts as wrong)
+    # a served row's cell (`<variant>@vllm`, compress/serving.py) against its HF row's samples, item for item
+    hf_vllm_n: int | None = None  # samples compared (same item and repeat on both backends)
+    hf_vllm_identical: int | None = None  # identical output text
+    hf_vllm_same_verdict: int | None = None  # scored the same (same correctness)
+    hf_vllm_same_loglik: int | None = None  # multiple choice: the same option picked by log-likelihood
+    hf_vllm_differing: list[str] | None = None  # ids of the items whose text differs (the first 100)
+    hf_vllm_verdict_differs: list[str] | None = None  # ids of the items scored differently (the first 100)
 
     # fields with their own place in the report; every other number is shown under "Other metrics"
     REPORTED: ClassVar[frozenset[str]] = frozenset({
         "metric", "n", "eval_s", "accuracy", "instruction_following", "accuracy_std", "truncated", "repeat_loops",
         "rules", "breakdowns", "breakdown_counts", "judge_key", "judge_error", "perplexity", "nll_mean", "n_tokens",
-        "seq_len", "tokenizer", "kl_mean", "kl_p50", "kl_p90", "kl_p99", "kl_max", "top1_agreement"})
+        "seq_len", "tokenizer", "kl_mean", "kl_p50", "kl_p90", "kl_p99", "kl_max", "top1_agreement",
+        "hf_vllm_n", "hf_vllm_identical", "hf_vllm_same_verdict", "hf_vllm_same_loglik", "hf_vllm_differing",
+        "hf_vllm_verdict_differs"})
     LOWER_IS_BETTER: ClassVar[frozenset[str]] = frozenset({"perplexity"})
 
     def merged(self, update: dict[str, Any]) -> CellMetrics:
@@ -271,6 +307,7 @@ class Build(Record):
     calibration: Calibration | None = None
     source: GgufSource | None = None  # the baseline's origin when it is a converted GGUF file
     traceback: str | None = None  # a failed variant's
+    node: str | None = None  # the Ray node that built it (None: the study's own process)
 
 
 Status = Literal["pending", "ok", "failed", "skipped", "interrupted"]
@@ -293,6 +330,13 @@ class VariantRecord(Record):
     @property
     def steps_text(self) -> str:
         return " -> ".join(str(s.get("method")) for s in self.steps) or "FP"
+
+    @property
+    def serves(self) -> str | None:
+        """A served row (`<variant>@vllm`, last step `serve:<backend>`): the HF row whose checkpoint it served."""
+        if self.steps and str(self.steps[-1].get("method", "")).startswith("serve:"):
+            return self.variant.rpartition("@")[0] or None
+        return None
 
 
 class CellRecord(Record):

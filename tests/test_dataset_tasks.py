@@ -549,11 +549,11 @@ output: {tmp_path / 'out'}
 """)
     study = Study(load_recipe(recipe_path), tmp_path / "out")
     study.run()
-    cells = {c["cell"]: c for c in study.ledger.cells()}
+    cells = {c.cell: c.metrics for c in study.ledger.cells()}
     arc, plus = cells["arc_easy"], cells["gsm_plus"]
-    assert {"accuracy", "accuracy_loglik", "accuracy_loglik_norm", "accuracy_loglik_letter"} <= set(arc)
-    assert "accuracy_loglik" not in plus
-    assert sum(plus["by_perturbation_n"].values()) == 11 and len(plus["by_perturbation"]) == 8
+    assert None not in (arc.accuracy, arc.accuracy_loglik, arc.accuracy_loglik_norm, arc.accuracy_loglik_letter)
+    assert plus.accuracy_loglik is None
+    assert sum(plus.breakdown_counts["perturbation"].values()) == 11 and len(plus.breakdowns["perturbation"]) == 8
     sample_file = tmp_path / "out" / "samples" / "baseline" / "arc_easy.jsonl"
     samples = [json.loads(x) for x in sample_file.read_text().splitlines()]
     assert len(samples) == 5 and all(len(s["loglik_choice"]["logprob"]) == len(s["loglik_choice"]["logprob_norm"])

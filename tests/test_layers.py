@@ -41,13 +41,36 @@ def test_evaluate_never_imports_compress():
 
 # Modules whose import pulls torch/transformers (directly or through what they import): imported inside the CLI's
 # commands so `compress --help` and `compress validate` stay fast.
-HEAVY_FIRST_PARTY = {"compress.runner", "compress.profile_cli", "compress.build", "evaluate.report",
-                     "evaluate.compare", "evaluate.profiling", "evaluate.memory", "evaluate.tasks", "evaluate.fidelity",
-                     "compress.registry", "evaluate.model_checks", "evaluate.formats", "evaluate.progress",
-                     "evaluate.bertscore", "evaluate.judge", "evaluate.api_model", "evaluate.harness",
-                     "evaluate.tasks.sources", "evaluate.tasks.perplexity", "evaluate.scoring", "evaluate.models",
-                     "evaluate.ledger", "evaluate.pareto", "evaluate.loglikelihood", "evaluate.generation",
-                     "evaluate.sni", "evaluate.plots"}
+HEAVY_FIRST_PARTY = {
+    "compress.build",
+    "compress.profile_cli",
+    "compress.ray_executor",
+    "compress.registry",
+    "compress.runner",
+    "evaluate.api_model",
+    "evaluate.bertscore",
+    "evaluate.compare",
+    "evaluate.fidelity",
+    "evaluate.formats",
+    "evaluate.generation",
+    "evaluate.harness",
+    "evaluate.judge",
+    "evaluate.ledger",
+    "evaluate.loglikelihood",
+    "evaluate.memory",
+    "evaluate.model_checks",
+    "evaluate.models",
+    "evaluate.pareto",
+    "evaluate.plots",
+    "evaluate.profiling",
+    "evaluate.progress",
+    "evaluate.report",
+    "evaluate.scoring",
+    "evaluate.sni",
+    "evaluate.tasks",
+    "evaluate.tasks.perplexity",
+    "evaluate.tasks.sources",
+}
 
 
 def test_first_party_imports_sit_at_module_level():

@@ -77,7 +77,7 @@ def test_rerun_recomputes_nothing(study_dir):
     study.run()
     assert study.computed == []
     assert gc.get_freeze_count() == 0  # a run freezes the collector's old objects only while it runs
-    assert json.loads(Ledger(study_dir / "out/results.sqlite").last_run()["computed"]) == []
+    assert Ledger(study_dir / "out/results.sqlite").last_run().computed == []
     assert json.loads((study_dir / "out/results.json").read_text()) == json.loads(before)
 
 
@@ -93,16 +93,16 @@ def test_killed_cell_resumes_from_partial_samples(study_dir, monkeypatch):
     partial = out / "samples/int8/synth_mc.partial.jsonl"
     partial.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"torn": ')  # a torn last line
 
-    import evaluate.harness as harness
+    from evaluate.backends import HFBackend
 
     seen: list[int] = []
-    real_generate = harness.generate
+    real_generate = HFBackend.generate
 
-    def counting_generate(model, tokenizer, prompts, config, on_batch=None):
+    def counting_generate(self, prompts, config, on_batch=None):
         seen.append(len(prompts))
-        return real_generate(model, tokenizer, prompts, config, on_batch)
+        return real_generate(self, prompts, config, on_batch)
 
-    monkeypatch.setattr(harness, "generate", counting_generate)
+    monkeypatch.setattr(HFBackend, "generate", counting_generate)
     study = Study(load_recipe(study_dir / "recipe.yaml"), out)
     study.run()
     assert study.computed == ["int8/synth_mc"]

@@ -80,6 +80,10 @@ def main():
         print("ValueError: fake-unsupported quantization is not supported on the CPU platform.")
         print("RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}")
         sys.exit(1)
+    if quant and quant in os.environ.get("FAKE_VLLM_UNKNOWN_QUANT", "").split(","):  # vLLM 0.32 has no bitsandbytes
+        print(f"ValueError: Unknown quantization method: {quant}. Must be one of ['awq', 'fp8', 'gptq', "
+              "'compressed-tensors'].")
+        sys.exit(1)
     if mode == "crash":
         print("RuntimeError: something unexpected broke")
         sys.exit(1)
@@ -237,6 +241,11 @@ if __name__ == "__main__":
 @pytest.fixture
 def fake(tmp_path: Path) -> dict:
     """A fake vLLM environment: its package (on PYTHONPATH), a `vllm` script, a model dir, and logs."""
+    return make_fake(tmp_path)
+
+
+def make_fake(tmp_path: Path) -> dict:
+    """The fake vLLM environment under `tmp_path` (also used by tests/test_vllm_study.py)."""
     pkg = tmp_path / "fakevllm"
     cli = pkg / "vllm" / "entrypoints" / "cli"
     cli.mkdir(parents=True)

@@ -49,14 +49,15 @@ def format_of(directory: str | Path) -> str | None:
 
 
 def save_model(model: Any, tokenizer: Any, directory: Path, fmt: str = "dense") -> None:
-    """The format's own saver (else save_pretrained), the tokenizer, and FORMAT_FILE naming the format."""
+    """The format's own saver (else save_pretrained), the tokenizer if any, and FORMAT_FILE naming the format."""
     directory.mkdir(parents=True, exist_ok=True)
     saver = FORMATS.get(fmt).save
     if saver is not None:
         saver(model, directory)
     else:
         model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    if tokenizer is not None:  # a random-weights checkpoint (compress profile config:...) has none
+        tokenizer.save_pretrained(directory)
     (directory / FORMAT_FILE).write_text(json.dumps({"format": fmt}))
 
 

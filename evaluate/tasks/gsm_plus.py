@@ -1,5 +1,5 @@
 """GSM-Plus (qintongli/GSM-Plus): eight perturbations of every GSM8K test problem; accuracy is also
-reported per perturbation type (``by_perturbation`` in the cell's metrics).
+reported per perturbation type (``breakdowns["perturbation"]`` in the cell's metrics).
 
 Perturbation types as spelled in the data: numerical substitution, digit expansion,
 integer-decimal-fraction conversion, adding operation, reversing operation, problem understanding,
