@@ -83,7 +83,7 @@ def summarize_variants(rows: Sequence[ResultRow]) -> list[VariantSummary]:
         if name == BASELINE:
             deltas = {t: (0.0 if v is not None else None) for t, v in values.items()}
         known_deltas = [d for d in deltas.values() if d is not None]
-        kls = [r.extra_metrics["kl_mean"] for r in mine.values() if r.extra_metrics.get("kl_mean") is not None]
+        kls = [r.kl_mean for r in mine.values() if r.kl_mean is not None]
         out.append(VariantSummary(
             variant=name, steps=first.steps or "FP", status=first.status or "pending", reason=first.reason,
             mean_accuracy=statistics.fmean(present) if present and not missing else None,

@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,17 +69,18 @@ class RssSampler:
     does not perturb the timings. (optimum-benchmark polls the same way; a thread of ours is
     needed because no library exposes a per-phase RSS peak.)"""
 
-    def __init__(self, interval_s: float = 0.002) -> None:
+    def __init__(self, interval_s: float = 0.002, measure: Callable[[], int] | None = None) -> None:
         import threading
 
         self.interval_s = interval_s
+        self.measure = measure or _rss_bytes  # also a served model's process tree (evaluate/vllm_server.py)
         self.peak = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        self.peak = max(self.peak, _rss_bytes())
+        self.peak = max(self.peak, self.measure())
         self.samples += 1
 
     def _run(self) -> None:

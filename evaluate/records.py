@@ -399,6 +399,7 @@ class ResultRow(Record):
     reason: str | None
     extra_metrics: dict[str, float]
     breakdowns: dict[str, dict[str, float]]
+    kl_mean: float | None = None  # a token-window cell: mean KL(FP || this model) per token (select: max_kl)
 
 
 class ProfileSettings(Record):

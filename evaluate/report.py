@@ -64,6 +64,7 @@ def result_row(v: VariantRecord, cell: str, c: CellMetrics | None, b: CellMetric
         device=prof.device if prof else None, dtype=prof.dtype if prof else None,
         steps=v.steps_text, status=v.status or "pending", reason=v.reason,
         extra_metrics=c.other_metrics() if c else {}, breakdowns=_breakdowns(c) if c else {},
+        kl_mean=c.kl_mean if c else None,
     )
 
 

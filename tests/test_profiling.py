@@ -16,7 +16,8 @@ from compress.cli import main
 from compress.profile_cli import ProfileTargetError, config_meta, profile_target, resolve_target, shipped_configs
 from evaluate.pareto import SelectSpec, pareto_front, select_variant, summarize_variants
 from evaluate.profiling import ProfileConfig, RssSampler, profile_loaded, profile_model_dir
-from evaluate.records import ProfileRun, ResultRow
+from evaluate.records import CellMetrics, ProfileRun, ResultRow, VariantRecord
+from evaluate.report import result_row
 
 LAYERS, HEADS, KV_HEADS, HIDDEN = 2, 4, 2, 64
 
@@ -230,8 +231,10 @@ def test_selection_caps_kl_to_the_fp_model():
     """A fidelity cap rejects a variant whose accuracy looks fine but whose next-token distribution has moved,
     and one whose KL was never measured; the baseline needs no KL."""
     ppl = {"baseline": 0.0, "int8": 0.004, "int4": 0.2}  # mean KL on the perplexity windows; "slow" has none
-    rows = [r.model_copy(update={"extra_metrics": {"kl_mean": ppl[r.variant]}}) if r.variant in ppl else r
-            for r in ROWS]
+    # the KL reaches the row as results.json's rows are made from the ledger: from the cell's metrics
+    cell = CellMetrics(metric="perplexity", n=4, perplexity=30.0, kl_mean=0.004)
+    assert result_row(VariantRecord(variant="int8", key="k"), "perplexity", cell, None).kl_mean == 0.004
+    rows = [r.model_copy(update={"kl_mean": ppl[r.variant]}) if r.variant in ppl else r for r in ROWS]
     selection = select_variant(summarize_variants(rows), SelectSpec(max_accuracy_drop=12.0, max_kl=0.05))
     assert selection.chosen == "int8"
     assert selection.rejected["int4"] == "mean KL to the FP model 0.2 (cap 0.05)"
