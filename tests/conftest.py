@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,14 @@ def write_recipe(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
     return path
+
+
+KEY_ENV = "SLIMLAB_TEST_KEY"  # the environment variable API-model and judge tests put their fake key in
+
+
+@pytest.fixture
+def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh fake key in $SLIMLAB_TEST_KEY (tests check that no piece of it reaches a file or the console)."""
+    key = "sk-test-" + secrets.token_hex(16)
+    monkeypatch.setenv(KEY_ENV, key)
+    return key

@@ -22,17 +22,8 @@ from evaluate.models import EMBEDDED_ROOT
 from evaluate.records import Backend, CellMetrics, Profile
 from evaluate.scoring import score_output
 from evaluate.tasks import Item, load_builtin_tasks
-from tests.conftest import write_recipe
+from tests.conftest import KEY_ENV, write_recipe
 from tests.fake_openai_server import ECHO_AT, JSON_HEAD, FakeOpenAI
-
-KEY_ENV = "SLIMLAB_TEST_KEY"
-
-
-@pytest.fixture
-def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    key = "sk-test-" + secrets.token_hex(16)
-    monkeypatch.setenv(KEY_ENV, key)
-    return key
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import secrets
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,11 +30,10 @@ from evaluate.scoring import score_output
 from evaluate.tasks import Item, load_builtin_tasks
 from evaluate.tasks.mr import gold_step, gold_verdict, parse_mr, read_step, step_list
 from evaluate.tasks.sources import DatasetUnavailable
-from tests.conftest import write_recipe
+from tests.conftest import KEY_ENV, write_recipe
 from tests.fake_openai_server import FakeOpenAI
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mr"
-KEY_ENV = "SLIMLAB_TEST_KEY"
 COR, INC = "correct", "incorrect"
 
 
@@ -334,13 +332,6 @@ class MRServer(FakeOpenAI):
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                   "finish_reason": "stop"}],
                      "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-
-
-@pytest.fixture
-def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    key = "sk-test-" + secrets.token_hex(16)
-    monkeypatch.setenv(KEY_ENV, key)
-    return key
 
 
 @pytest.fixture
