@@ -544,24 +544,29 @@ _NOTE = ("accuracy: right correct/incorrect verdicts; MR-Score (mr_score, mr_mcc
          "mr_reason_accuracy) in Other metrics; error reasons need the recipe's judge, without one mr_reason_accuracy "
          "and mr_score are not measured (mr_reason_status says so)")
 
+# what both benchmarks share: the prompt, the parser and scorer, and the budget of a graded answer
+_MR_SHARED: dict[str, Any] = {
+    "answer_type": "letter",  # a label (correct/incorrect), exact; "text" would keep the judge off these cells
+    "max_new_tokens": 512,
+    "stop": (),  # the answer spans several lines: up to EOS / end of turn or the budget
+    "max_new_tokens_free": 512,
+    "item_marker": "",
+    "family": "meta_reasoning",
+    "offline": False,
+    "render": render_mr,
+    "exemplars": no_exemplars,
+    "scorer": "mr_verdict",
+}
+
 register_task(
     TaskSpec(
         name="mr_gsm8k",
         description=f"MR-GSM8K meta-reasoning (grade a GSM8K solution; {MR_GSM8K_HUB} test, 3,000 solutions). "
                     f"{_NOTE}. data_dir: test.json (the repository's dataset/MR-GSM8K.json).",
-        answer_type="letter",  # a label (correct/incorrect), exact; "text" would keep the judge off these cells
         load=load_mr_gsm8k,
-        max_new_tokens=512,
-        stop=(),  # the answer spans several lines: up to EOS / end of turn or the budget
-        max_new_tokens_free=512,
-        item_marker="",
-        family="meta_reasoning",
-        offline=False,
-        render=render_mr,
-        exemplars=no_exemplars,
         dataset=MR_GSM8K,
-        scorer="mr_verdict",
         cell_metrics=MRCellMetrics(breakdown=("question_type",)),
+        **_MR_SHARED,
     )
 )
 
@@ -571,17 +576,8 @@ register_task(
         description=f"MR-Ben meta-reasoning (grade a solution in biology, chemistry, coding, logic, math, medicine or "
                     f"physics; {MR_BEN_HUB}; n split over subjects, MR-Score averaged over them). {_NOTE}. "
                     "data_dir: the repository's data/ (<subject>.json).",
-        answer_type="letter",
         load=load_mr_ben,
-        max_new_tokens=512,
-        stop=(),
-        max_new_tokens_free=512,
-        item_marker="",
-        family="meta_reasoning",
-        offline=False,
-        render=render_mr,
-        exemplars=no_exemplars,
-        scorer="mr_verdict",
         cell_metrics=MRCellMetrics(breakdown=("subject",)),
+        **_MR_SHARED,
     )
 )
