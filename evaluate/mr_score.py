@@ -267,6 +267,19 @@ def mr_cell_metrics(samples: list[dict], items: Sequence[Item], judged: bool = F
 
 # The grading prompts of the benchmarks (MIT): MR-GSM8K scripts/eval_mr_gsm8k.py `grade_eval_outputs`, Mr-Ben
 # script/utils.py `generate_scoring_prompt` (one for the multiple-choice subjects, one for coding).
+# the closing part MR-GSM8K and Mr-Ben (multiple choice) share, word for word
+_GRADE_TAIL = """
+
+Based on this information, please provide the following:
+
+1. Step-by-Step Reasoning: [Offer a succinct, step-by-step interpretation of the ground truth error reason.]
+2. Student Error Reason Analysis: [Analyze the student's explanation step by step, determining its accuracy in \
+reflecting the actual error briefly.]
+3. Final Decision: [State only 'Correct' or 'Wrong' to conclude whether the student's explanation correctly \
+identifies the error based on your analysis.]
+
+Please follow this format without any additional introductory or concluding statements."""
+
 GRADE_GSM8K = """As an experienced grade-school math teacher, your assistance is required to evaluate a student's \
 explanation regarding the error in a math problem solution. The task involves a detailed understanding of the math \
 problem, the incorrect solution provided, and the ground truth behind the error. Your analysis should focus on \
@@ -278,17 +291,7 @@ Please find the details below:
 - Incorrect Solution Provided: {steps}
 - First Incorrect Step in the Solution: {gold_step}
 - Ground Truth Error Reason: {gold_reason}
-- Student's Explanation of the Error: {reason}
-
-Based on this information, please provide the following:
-
-1. Step-by-Step Reasoning: [Offer a succinct, step-by-step interpretation of the ground truth error reason.]
-2. Student Error Reason Analysis: [Analyze the student's explanation step by step, determining its accuracy in \
-reflecting the actual error briefly.]
-3. Final Decision: [State only 'Correct' or 'Wrong' to conclude whether the student's explanation correctly \
-identifies the error based on your analysis.]
-
-Please follow this format without any additional introductory or concluding statements."""
+- Student's Explanation of the Error: {reason}""" + _GRADE_TAIL
 
 GRADE_BEN = """As an experienced {subject} teacher, your assistance is required to evaluate a student's explanation \
 regarding the error in a problem solution. The task involves a detailed understanding of the problem, the incorrect \
@@ -302,17 +305,7 @@ Please find the details below:
 - First Incorrect Step in the Solution: {gold_step}
 - Ground Truth Error Reasons: {gold_reason}
 - Ground Truth Rectified Steps: {rectified}
-- Student's Explanation of the Error: {reason}
-
-Based on this information, please provide the following:
-
-1. Step-by-Step Reasoning: [Offer a succinct, step-by-step interpretation of the ground truth error reason.]
-2. Student Error Reason Analysis: [Analyze the student's explanation step by step, determining its accuracy in \
-reflecting the actual error briefly.]
-3. Final Decision: [State only 'Correct' or 'Wrong' to conclude whether the student's explanation correctly \
-identifies the error based on your analysis.]
-
-Please follow this format without any additional introductory or concluding statements."""
+- Student's Explanation of the Error: {reason}""" + _GRADE_TAIL
 
 GRADE_CODING = """As an experienced programmer, your assistance is required to evaluate a student's explanation \
 regarding the error in a coding problem solution. The task involves a detailed understanding of the problem, the \

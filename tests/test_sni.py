@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,35 +40,35 @@ def _byte_tokenizer():
     return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=256)
 
 
+def _save_random(factory: pytest.TempPathFactory, name: str, make: Callable[[int], Any]) -> str:
+    """A seeded random model of the byte tokenizer's vocabulary, saved with it to a fresh directory."""
+    import torch
+
+    path = factory.mktemp(name)
+    tok = _byte_tokenizer()
+    torch.manual_seed(0)
+    make(len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A random 2-layer RoBERTa saved to a local directory (what bertscore.model accepts offline)."""
-    import torch
     from transformers import RobertaConfig, RobertaModel
 
-    path = tmp_path_factory.mktemp("tiny-roberta")
-    tok = _byte_tokenizer()
-    torch.manual_seed(0)
-    RobertaModel(RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=260, pad_token_id=1, bos_token_id=0,
-                               eos_token_id=2)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return _save_random(tmp_path_factory, "tiny-roberta", lambda vocab: RobertaModel(RobertaConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=260, pad_token_id=1, bos_token_id=0, eos_token_id=2)))
 
 
 @pytest.fixture(scope="session")
 def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = _byte_tokenizer()
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                 bos_token_id=0, eos_token_id=2, pad_token_id=1)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return _save_random(tmp_path_factory, "tiny-llama", lambda vocab: LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=0, eos_token_id=2, pad_token_id=1)))
 
 
 # ------------------------------------------------------------------------------- loading
