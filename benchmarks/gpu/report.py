@@ -51,6 +51,11 @@ class Budget:
         self.observed[(kind, key)] = max(seconds, self.observed.get((kind, key), 0.0))
 
 
+
+def _who(r: dict) -> str:
+    """The first three cells of every table's row: which model, dtype and variant it measures."""
+    return f"| {r['model']} | {r['dtype']} | {r['variant']} | "
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -216,7 +221,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         stored = r.get("stored_bits_per_param")
         shrink = _delta(r.get("weight_bytes"), base and base.get("weight_bytes"))
         out.append(
-            f"| {r['model']} | {r['dtype']} | {r['variant']} | {r.get('execution', '—')} | "
+            _who(r) + f"{r.get('execution', '—')} | "
             f"{_mib(r.get('weight_bytes'))} | {shrink} | {_num(r.get('bits_per_param'))}"
             f"{'' if stored is None else f' ({stored:.2f})'} | {_mib(r.get('cuda_load_max_allocated'))} / "
             f"{_mib(r.get('cuda_load_max_reserved'))} | {_mib(big.get('cuda_max_allocated'))} / "
@@ -229,7 +234,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         for b in r.get("batches") or []:
             bb = _batch(base, b["batch_size"]) if base else None
             speed = _delta(b.get("ms_per_token"), bb and bb.get("ms_per_token"))
-            out.append(f"| {r['model']} | {r['dtype']} | {r['variant']} | {b['batch_size']} | {_num(b.get('ttft_ms'))} "
+            out.append(_who(r) + f"{b['batch_size']} | {_num(b.get('ttft_ms'))} "
                        f"| {_num(b.get('ms_per_token'))} | {speed} | {_num(b.get('tokens_per_s'), '.1f')} | "
                        f"{_mib(b.get('cuda_max_allocated'))} | {_mib(b.get('nvml_process_bytes'))} |")
     out += ["", "## Bandwidth bound (batch 1)", "",
@@ -239,7 +244,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             "share of copy bandwidth |", "|---|---|---|---|---|---|---|---|"]
     for r in ok:
         b = r.get("bandwidth") or {}
-        out.append(f"| {r['model']} | {r['dtype']} | {r['variant']} | {_mib(b.get('bytes_per_step'))} | "
+        out.append(_who(r) + f"{_mib(b.get('bytes_per_step'))} | "
                    f"{_num(b.get('ms_per_token'))} | {_num((b.get('achieved_bytes_per_s') or 0) / 1e9, '.1f')} | "
                    f"{_num(b.get('bound_ms_per_token'), '.3f')} | {_pct(b.get('fraction_of_copy'))} |")
     out += ["", "## Accuracy", "",
@@ -248,7 +253,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     for r in ok:
         acc = r.get("accuracy")
         if not isinstance(acc, dict):
-            out.append(f"| {r['model']} | {r['dtype']} | {r['variant']} | {acc or 'not measured'} | | | | | | |")
+            out.append(_who(r) + f"{acc or 'not measured'} | | | | | | |")
             continue
         base = _baseline(rows, r)
         g, p = acc.get("gsm8k") or {}, acc.get("perplexity") or {}
@@ -257,14 +262,14 @@ def render_markdown(data: dict[str, Any]) -> str:
         d = "—" if g.get("accuracy") is None or bacc is None or r.get("method") is None else \
             f"{g['accuracy'] - bacc:+.1f}"
         kl = "—" if p.get("kl_mean") is None else f"{p['kl_mean']:.4f} / {p.get('kl_p99', 0):.4f}"
-        out.append(f"| {r['model']} | {r['dtype']} | {r['variant']} | {_num(g.get('accuracy'), '.1f')} "
+        out.append(_who(r) + f"{_num(g.get('accuracy'), '.1f')} "
                    f"({_num(g.get('n'), '.0f')}) | {d} | {_num(g.get('instruction_following'), '.0f')}% | "
                    f"{_num(g.get('truncated'), '.0f')} | {_num(p.get('perplexity'), '.3f')} | {kl} | "
                    f"{_num(p.get('top1_agreement'), '.1f')}% |")
     out += ["", "## Variants", "", "| model | dtype | variant | setting | runs | how |", "|---|---|---|---|---|---|"]
     for r in rows:
         how = "; ".join(x for x in (r.get("execution_detail"), r.get("built_with")) if x)
-        out.append(f"| {r['model']} | {r['dtype']} | {r['variant']} | {r.get('setting') or 'FP'} | "
+        out.append(_who(r) + f"{r.get('setting') or 'FP'} | "
                    f"{r.get('execution') or r.get('status')} | {how.replace('|', '/')} |")
     kinds: dict[str, list[float]] = {}
     for p in data.get("parts", []):
