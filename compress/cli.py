@@ -59,14 +59,13 @@ def _run_study(recipe, out: str | None, verbose: bool, executor=None) -> Path:
 
     out_dir = Path(out or recipe.output)
     try:
-        with StudyLock(out_dir), interruptible(), quiet_console(out_dir, verbose) as progress:
-            try:
-                return run_study(recipe, out_dir, progress, executor)
+        with StudyLock(out_dir), interruptible():
+            try:  # messages are written once the console is back (inside it, stderr goes to run.log)
+                with quiet_console(out_dir, verbose) as progress:
+                    return run_study(recipe, out_dir, progress, executor)
             except ModelSourceError as exc:  # the model turned out unusable when loaded: bad input, not a crash
-                progress.close()
                 _fail([f"model.name {recipe.model.name!r}: {exc}"], "cannot run (1 problem):")
             except ExecutorError as exc:
-                progress.close()
                 _fail([str(exc)], "cannot run (1 problem):")
     except StudyLocked as exc:
         _fail([str(exc)], "cannot run (1 problem):")

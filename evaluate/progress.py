@@ -151,7 +151,10 @@ def quiet_console(out_dir: Path, verbose: bool = False) -> Iterator[RichProgress
     quiet_libraries()
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / RUN_LOG
-    console = Console(stderr=True)
+    stderr_fd = _redirect_stderr_fd(log_path)
+    console = Console(file=os.fdopen(os.dup(stderr_fd), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                                     errors="replace") if stderr_fd is not None else None,
+                      stderr=stderr_fd is None)
     once = _Once()
     file_handler = logging.FileHandler(log_path, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -165,7 +168,7 @@ def quiet_console(out_dir: Path, verbose: bool = False) -> Iterator[RichProgress
     root.handlers = [file_handler, console_handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)
-    _route_loguru(log_path)
+    route_loguru()
     progress = RichProgress(console)
     try:
         with warnings.catch_warnings():
@@ -182,16 +185,51 @@ def quiet_console(out_dir: Path, verbose: bool = False) -> Iterator[RichProgress
         logging.captureWarnings(False)
         root.handlers, root.level = saved
         file_handler.close()
+        if stderr_fd is not None:
+            _restore_stderr_fd(stderr_fd)
+            console.file.close()
 
 
-def _route_loguru(log_path: Path) -> None:
-    """llm-compressor logs through loguru to stdout; send it to run.log instead (also when already imported)."""
-    os.environ["LLM_COMPRESSOR_LOG_FILE"] = str(log_path)
-    os.environ["LLM_COMPRESSOR_LOG_FILE_LEVEL"] = "INFO"
-    if "llmcompressor" in sys.modules:
-        from llmcompressor.logger import LoggerConfig, configure_logger
+def _redirect_stderr_fd(log_path: Path) -> int | None:
+    """Point file descriptor 2 at run.log, so what libraries write to stderr directly (tqdm bars passed
+    disable=False, C++ warnings, child processes' stderr) lands there too; returns a copy of the console's
+    descriptor (None when stderr is not the process's descriptor 2: a test runner's capture, click's runner)."""
+    try:
+        if sys.stderr.fileno() != 2:
+            return None
+    except (AttributeError, OSError, ValueError):
+        return None
+    sys.stderr.flush()
+    console_fd = os.dup(2)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    return console_fd
 
-        configure_logger(LoggerConfig(console_log_level=None, log_file=str(log_path), log_file_level="INFO"))
+
+def _restore_stderr_fd(console_fd: int) -> None:
+    sys.stderr.flush()
+    os.dup2(console_fd, 2)
+    os.close(console_fd)
+
+
+def route_loguru() -> None:
+    """llm-compressor (and compressed-tensors) log through loguru, whose sinks llm-compressor sets on import:
+    stdout, or a JSON-lines file. Once it is imported, replace them with one sink that hands each record to
+    Python logging under its module's name, so the lines land in run.log in run.log's own format (and on no
+    console). Called when a study starts and before each llm-compressor run (its import resets the sinks)."""
+    if "llmcompressor" not in sys.modules:
+        return
+    from llmcompressor.logger import support_log_once
+    from loguru import logger
+
+    logger.remove()
+    logger.add(_loguru_to_logging, level="DEBUG", format="{message}", filter=support_log_once)
+
+
+def _loguru_to_logging(message: object) -> None:
+    record = message.record  # type: ignore[attr-defined]
+    logging.getLogger(record["name"] or "loguru").log(record["level"].no, str(record["message"]).rstrip())
 
 
 def _show_tail(console: object, log_path: Path, lines: int = 20) -> None:

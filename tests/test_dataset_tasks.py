@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from evaluate.api_model import APIModel
 from evaluate.backends import HFBackend
@@ -370,43 +371,18 @@ def test_math_equal_normalisation():
     assert parse_math("So x^2+1 is it. The answer is $x^2+1$.").answer == "x^2+1"
 
 
-@pytest.mark.parametrize(
-    ("output", "answer", "rule", "followed"),
-    [
-        (" C", "C", "bare_letter", True),
-        (" C ) 72", "C", "bare_letter", True),
-        (" speed = 120 / 6 = 20 m / s = 72 km / hr . answer : c", "C", "answer_is", True),
-        (" Speed is 20 m/s which is 72 km/hr, so the correct option is C.", "C", "answer_is", True),
-        (" The speed is 72 km/hr.", None, "none", False),
-        (" 72", "C", "choice_text", False),
-    ],
-)
-def test_mathqa_letter_outputs(output, answer, rule, followed):
-    it = _item("mathqa", "train 120 m long")
-    parsed = parse_letter(output, it.choices)
-    assert (parsed.answer, parsed.rule, parsed.followed) == (answer, rule, followed)
+PARSER_CASES = Path(__file__).parent / "fixtures" / "parser_cases.yaml"
 
 
-@pytest.mark.parametrize(
-    ("output", "answer", "rule", "followed"),
-    [
-        (" B", "B", "bare_letter", True),
-        (" B. balance", "B", "bare_letter", True),
-        (" B because a balance compares masses, not A or C", "B", "bare_letter", True),
-        (" The answer is (B).", "B", "answer_is", True),
-        (" balance", "B", "choice_text", False),
-        (" B\nQuestion: Which of these is a renewable resource?\nA. coal\nB. oil\nC. wind", "B", "bare_letter", True),
-        # repeats the question and its options without answering: a guess at best
-        (" Question: Which tool is best for measuring the mass of a rock?\nA. ruler\nB. balance\nC. thermometer\nD. "
-         "graduated cylinder", "D", "last_letter", False),
-        (" A balance is used to measure mass.", "B", "choice_text", False),
-    ],
-)
-def test_arc_letter_outputs(output, answer, rule, followed):
-    it = _item("arc_easy", "mass of a rock")
-    parsed = parse_letter(output, it.choices)
-    assert (parsed.answer, parsed.rule, parsed.followed) == (answer, rule, followed)
-    assert score("arc_easy", it, output).correct is (answer == "B")
+@pytest.mark.parametrize(("task", "needle"), [("mathqa", "train 120 m long"), ("arc_easy", "mass of a rock")])
+def test_letter_golden_cases_score_against_their_fixture_item(task, needle):
+    """The golden letter cases of tests/fixtures/parser_cases.yaml name this fixture item's options and gold: the
+    task's own scoring reads each the same way, and marks it correct exactly when it reads the gold."""
+    it, group = _item(task, needle), yaml.safe_load(PARSER_CASES.read_text())[task]
+    assert tuple(group["choices"]) == it.choices and len(group["cases"]) >= 6
+    for output, answer, rule, followed in group["cases"]:
+        s = score(task, it, output)
+        assert (s.parsed, s.rule, s.followed, s.correct) == (answer, rule, followed, answer == it.gold), output
 
 
 def test_hellaswag_output_that_writes_the_ending():

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 
 from compress.methods._quant import CalibratedParams, QuantParams, check_bits, matches
 from compress.registry import StepContext
+from evaluate.progress import route_loguru
 
 GROUP_FIX = "use 32, 64 or 128 (a power of two >= 8 dividing every quantized layer's input width) or -1 for per-channel"
 
@@ -157,6 +158,7 @@ def run_oneshot(model: Any, modifiers: list[Any], ctx: StepContext, calibrate: b
     """Apply llm-compressor modifiers in place; calibration texts come from the recipe's source."""
     from llmcompressor import oneshot
 
+    route_loguru()  # its import has reset loguru's sinks to stdout
     kwargs: dict[str, Any] = {}
     if calibrate:
         from datasets import Dataset
