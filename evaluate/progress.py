@@ -152,9 +152,9 @@ def quiet_console(out_dir: Path, verbose: bool = False) -> Iterator[RichProgress
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / RUN_LOG
     stderr_fd = _redirect_stderr_fd(log_path)
-    console = Console(file=os.fdopen(os.dup(stderr_fd), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
-                                     errors="replace") if stderr_fd is not None else None,
-                      stderr=stderr_fd is None)
+    terminal = None if stderr_fd is None else os.fdopen(
+        os.dup(stderr_fd), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
+    console = Console(file=terminal, stderr=terminal is None)  # not redirected: sys.stderr, looked up per write
     once = _Once()
     file_handler = logging.FileHandler(log_path, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -185,9 +185,9 @@ def quiet_console(out_dir: Path, verbose: bool = False) -> Iterator[RichProgress
         logging.captureWarnings(False)
         root.handlers, root.level = saved
         file_handler.close()
-        if stderr_fd is not None:
+        if terminal is not None:
             _restore_stderr_fd(stderr_fd)
-            console.file.close()
+            terminal.close()
 
 
 def _redirect_stderr_fd(log_path: Path) -> int | None:

@@ -6,6 +6,7 @@ import secrets
 from pathlib import Path
 
 import pytest
+import yaml
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,14 @@ def write_recipe(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
     return path
+
+
+PARSER_CASES = Path(__file__).parent / "fixtures" / "parser_cases.yaml"
+
+
+def parser_case_groups() -> dict[str, dict]:
+    """The golden parser cases (tests/fixtures/parser_cases.yaml), one group per answer form."""
+    return yaml.safe_load(PARSER_CASES.read_text())
 
 
 KEY_ENV = "SLIMLAB_TEST_KEY"  # the environment variable API-model and judge tests put their fake key in

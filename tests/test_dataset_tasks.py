@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from evaluate.api_model import APIModel
 from evaluate.backends import HFBackend
@@ -24,6 +23,7 @@ from evaluate.scoring import score_output
 from evaluate.tasks import TASKS, load_builtin_tasks
 from evaluate.tasks import sources as _hf
 from evaluate.tasks.math_tasks import mathqa_options
+from tests.conftest import parser_case_groups
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 DATASET_TASKS = {  # task -> fixture folder
@@ -371,14 +371,11 @@ def test_math_equal_normalisation():
     assert parse_math("So x^2+1 is it. The answer is $x^2+1$.").answer == "x^2+1"
 
 
-PARSER_CASES = Path(__file__).parent / "fixtures" / "parser_cases.yaml"
-
-
 @pytest.mark.parametrize(("task", "needle"), [("mathqa", "train 120 m long"), ("arc_easy", "mass of a rock")])
 def test_letter_golden_cases_score_against_their_fixture_item(task, needle):
     """The golden letter cases of tests/fixtures/parser_cases.yaml name this fixture item's options and gold: the
     task's own scoring reads each the same way, and marks it correct exactly when it reads the gold."""
-    it, group = _item(task, needle), yaml.safe_load(PARSER_CASES.read_text())[task]
+    it, group = _item(task, needle), parser_case_groups()[task]
     assert tuple(group["choices"]) == it.choices and len(group["cases"]) >= 6
     for output, answer, rule, followed in group["cases"]:
         s = score(task, it, output)

@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from evaluate.parsing import Parsed, numbers_equal, parse_int_list, parse_letter
 from evaluate.scoring import SCORERS, score_output
 from evaluate.tasks import TASKS, Item, load_builtin_tasks
+from tests.conftest import parser_case_groups
 
 
 def test_numbers_compare_numerically():
@@ -89,16 +89,13 @@ def test_markdown_is_read_through_without_touching_arithmetic_or_hashes():
     assert strip_markdown("## Final Answer\n- 3\n* 5") == "Final Answer\n- 3\n* 5"
 
 
-PARSER_CASES = Path(__file__).parent / "fixtures" / "parser_cases.yaml"
-
-
 def _read(answer_type: str, output: str, gold: str = "", choices: tuple[str, ...] = ()) -> Parsed:
     """The registered answer-type parser, as the study's scoring calls it."""
     return SCORERS[answer_type].parse(output, Item("case", "", gold, choices=choices))
 
 
 def _golden_cases():
-    for group_name, group in yaml.safe_load(PARSER_CASES.read_text()).items():
+    for group_name, group in parser_case_groups().items():
         for i, (output, answer, rule, followed) in enumerate(group["cases"]):
             yield pytest.param(group, output, (answer, rule, followed), id=f"{group_name}-{i}")
 
@@ -111,7 +108,7 @@ def test_parser_reads_each_golden_case(group, output, expected):
 
 
 def test_golden_cases_cover_every_answer_type_and_rule_family():
-    groups = yaml.safe_load(PARSER_CASES.read_text())
+    groups = parser_case_groups()
     assert {g["answer_type"] for g in groups.values()} == {"number", "list", "letter", "math"}
     assert sum(len(g["cases"]) for g in groups.values()) == 66
     rules = {case[2] for g in groups.values() for case in g["cases"]}
