@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 RUN_LOG = "run.log"
 THIRD_PARTY_ENV = {  # read by the libraries when they start up: no console output of their own
@@ -151,9 +152,7 @@ def quiet_console(out_dir: Path, verbose: bool = False) -> Iterator[RichProgress
     quiet_libraries()
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / RUN_LOG
-    stderr_fd = _redirect_stderr_fd(log_path)
-    terminal = None if stderr_fd is None else os.fdopen(
-        os.dup(stderr_fd), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
+    terminal = _redirect_stderr(log_path)
     console = Console(file=terminal, stderr=terminal is None)  # not redirected: sys.stderr, looked up per write
     once = _Once()
     file_handler = logging.FileHandler(log_path, encoding="utf-8")
@@ -186,31 +185,32 @@ def quiet_console(out_dir: Path, verbose: bool = False) -> Iterator[RichProgress
         root.handlers, root.level = saved
         file_handler.close()
         if terminal is not None:
-            _restore_stderr_fd(stderr_fd)
-            terminal.close()
+            _restore_stderr(terminal)
 
 
-def _redirect_stderr_fd(log_path: Path) -> int | None:
+def _redirect_stderr(log_path: Path) -> TextIO | None:
     """Point file descriptor 2 at run.log, so what libraries write to stderr directly (tqdm bars passed
-    disable=False, C++ warnings, child processes' stderr) lands there too; returns a copy of the console's
-    descriptor (None when stderr is not the process's descriptor 2: a test runner's capture, click's runner)."""
+    disable=False, C++ warnings, child processes' stderr) lands there too; returns the terminal, opened on a
+    copy of the old descriptor 2 (None when stderr is not the process's descriptor 2: a test runner's capture,
+    click's runner)."""
     try:
         if sys.stderr.fileno() != 2:
             return None
     except (AttributeError, OSError, ValueError):
         return None
     sys.stderr.flush()
-    console_fd = os.dup(2)
+    terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    return console_fd
+    return terminal
 
 
-def _restore_stderr_fd(console_fd: int) -> None:
+def _restore_stderr(terminal: TextIO) -> None:
     sys.stderr.flush()
-    os.dup2(console_fd, 2)
-    os.close(console_fd)
+    terminal.flush()
+    os.dup2(terminal.fileno(), 2)
+    terminal.close()
 
 
 def route_loguru() -> None:
